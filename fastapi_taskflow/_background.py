@@ -1,0 +1,197 @@
+"""``ManagedBackgroundTasks``: FastAPI's ``BackgroundTasks`` with ids, retries and tracking.
+
+FastAPI creates one ``BackgroundTasks`` per request and runs it after the response is sent.
+Binding turns that very object into a ``ManagedBackgroundTasks`` (same object, so FastAPI
+still runs it), whose ``add_task`` records the task and returns its id. When the response
+has been sent, its tasks are handed to the manager's queues and the request ends at once:
+they run concurrently, not one after another inside the request.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_parameterless_sub_dependant
+from fastapi.params import Depends
+from fastapi.routing import APIRoute
+from fastapi import BackgroundTasks
+from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+
+from ._errors import NotStartedError
+from ._job import Job, Stage
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+_UNSENT = "cancelled: the request ended without sending its response"
+
+
+def request_failed(exc: BaseException) -> str:
+    return f"cancelled: the request failed before its response was sent ({type(exc).__name__})"
+
+
+def _discard_all(manager: TaskManager, held: list[Job], reason: str) -> None:
+    for job in held:
+        if job.stage is Stage.HELD:
+            manager.discard(job, reason)
+
+
+class ManagedBackgroundTasks(BackgroundTasks):
+    """A request's background tasks, run and tracked by a :class:`TaskManager`.
+
+    Get one with a ``ManagedBackgroundTasks`` annotation or plain ``BackgroundTasks`` (after
+    ``TaskAdmin(app, task_manager, auto_install=True)`` or ``task_manager.install(app)``), or
+    with ``Depends(task_manager.get_tasks)``.
+    """
+
+    _manager: TaskManager | None
+    _held: list[Job]
+
+    def __init__(self, manager: TaskManager | None = None) -> None:
+        super().__init__()
+        self._manager = manager
+        self._held = []
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def add_task(  # type: ignore[override]
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Add a task; it starts once the response is sent (at once with ``eager=True``).
+
+        Returns the task id. With an ``idempotency_key`` that matches a pending, running or
+        succeeded task, nothing new is added and that task's id is returned.
+        """
+        manager = self._manager
+        if manager is None:
+            raise NotStartedError(
+                "this ManagedBackgroundTasks is not bound to a TaskManager: mount "
+                "TaskAdmin(app, task_manager) or call task_manager.install(app), or take it "
+                "from Depends(task_manager.get_tasks)"
+            )
+        job = manager.create(
+            func,
+            args,
+            kwargs,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+        )
+        if job.stage is not Stage.HELD or job.record.source != "request":
+            return job.task_id  # an existing task (idempotency key)
+        if job in self._held:
+            return job.task_id
+        if eager if eager is not None else job.config.eager:
+            manager.dispatch(job)
+        else:
+            self._held.append(job)
+        return job.task_id
+
+    def discard(self, reason: str) -> None:
+        """Cancel every task still held for this request (the request failed)."""
+        if self._manager is not None:
+            _discard_all(self._manager, self._held, reason)
+        self._held.clear()
+
+    async def __call__(self) -> None:
+        """Run after the response is sent: hand the held tasks over and return at once."""
+        held, self._held = self._held, []
+        if self._manager is not None:
+            for job in held:
+                self._manager.dispatch(job)
+        if self.tasks:  # plain Starlette tasks added before the object was bound
+            await super().__call__()
+
+
+def bind(background_tasks: StarletteBackgroundTasks, manager: TaskManager) -> ManagedBackgroundTasks:
+    """Make the request's ``BackgroundTasks`` object a managed one (in place)."""
+    if (
+        isinstance(background_tasks, ManagedBackgroundTasks)
+        and background_tasks._manager is manager
+    ):
+        return background_tasks
+    if type(background_tasks) not in (BackgroundTasks, ManagedBackgroundTasks) and not isinstance(
+        background_tasks, ManagedBackgroundTasks
+    ):
+        raise TypeError(
+            f"cannot manage {type(background_tasks).__name__}: only FastAPI's BackgroundTasks"
+        )
+    background_tasks.__class__ = ManagedBackgroundTasks
+    managed: ManagedBackgroundTasks = background_tasks  # type: ignore[assignment]
+    managed._manager = manager
+    managed._held = []
+    # If the object is dropped without being run (the response never went out), its tasks
+    # must not stay pending forever.
+    managed._finalizer = weakref.finalize(managed, _discard_all, manager, managed._held, _UNSENT)
+    return managed
+
+
+def _background_param(dependant: Dependant) -> type[Any] | None:
+    """The annotation of the dependant's own BackgroundTasks parameter, if it has one."""
+    if not dependant.background_tasks_param_name or dependant.call is None:
+        return None
+    try:
+        parameter = inspect.signature(dependant.call).parameters[
+            dependant.background_tasks_param_name
+        ]
+    except (KeyError, TypeError, ValueError):
+        return BackgroundTasks
+    annotation = parameter.annotation
+    return annotation if isinstance(annotation, type) else BackgroundTasks
+
+
+def _wants_binding(dependant: Dependant, plain_too: bool) -> bool:
+    kinds = []
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        kind = _background_param(current)
+        if kind is not None:
+            kinds.append(kind)
+        stack.extend(current.dependencies)
+    return any(issubclass(kind, ManagedBackgroundTasks) or plain_too for kind in kinds)
+
+
+def install(app: FastAPI, manager: TaskManager, *, plain_background_tasks: bool) -> int:
+    """Bind the background tasks of every route that asks for them; returns how many.
+
+    Routes that declare a ``ManagedBackgroundTasks`` parameter are always bound; routes with
+    a plain ``BackgroundTasks`` parameter only when ``plain_background_tasks`` is true.
+    """
+
+    async def bind_request_tasks(background_tasks: BackgroundTasks) -> AsyncIterator[None]:
+        managed = bind(background_tasks, manager)
+        try:
+            yield
+        except BaseException as exc:
+            managed.discard(request_failed(exc))
+            raise
+
+    bound = 0
+    for route in app.router.routes:
+        if not isinstance(route, APIRoute) or getattr(route, "_taskflow_bound", None) is manager:
+            continue
+        if not _wants_binding(route.dependant, plain_background_tasks):
+            continue
+        route.dependant.dependencies.insert(
+            0,
+            get_parameterless_sub_dependant(
+                depends=Depends(bind_request_tasks), path=route.path_format
+            ),
+        )
+        route._taskflow_bound = manager  # type: ignore[attr-defined]
+        bound += 1
+    return bound

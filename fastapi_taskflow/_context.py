@@ -1,0 +1,67 @@
+"""What a running task can see about itself: :func:`get_task_context` and :func:`task_log`."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import TaskflowError
+from ._models import LogEntry, TaskRecord, utcnow
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskContext:
+    """Facts about the task that is running in the current context."""
+
+    task_id: str
+    func_name: str
+    attempt: int
+    queue: str
+    tags: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    record: TaskRecord = field(repr=False, compare=False)
+
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "fastapi_taskflow_task", default=None
+)
+
+
+def get_task_context() -> TaskContext | None:
+    """The context of the task running here, or ``None`` outside a task."""
+    return _current.get()
+
+
+def set_task_context(context: TaskContext) -> contextvars.Token[TaskContext | None]:
+    return _current.set(context)
+
+
+def reset_task_context(token: contextvars.Token[TaskContext | None]) -> None:
+    _current.reset(token)
+
+
+def append_log(record: TaskRecord, message: str, *, level: str, attempt: int, **extra: Any) -> None:
+    record.logs.append(
+        LogEntry(timestamp=utcnow(), level=level, message=message, attempt=attempt, extra=extra)
+    )
+
+
+def task_log(message: str, *, level: str = "info", **extra: Any) -> None:
+    """Add a line to the current task's log (shown in the API and the dashboard).
+
+    ``level`` is one of debug, info, warning, error, critical; keyword arguments are kept as
+    structured fields. Outside a task this raises, so a misplaced call is noticed.
+    """
+    context = _current.get()
+    if context is None:
+        raise TaskflowError(
+            "task_log() was called outside a task: call it from a function run by "
+            "fastapi-taskflow, or check get_task_context() first"
+        )
+    level = level.lower()
+    if level not in _LEVELS:
+        raise ValueError(f"task_log level {level!r} is not one of {sorted(_LEVELS)}")
+    append_log(context.record, str(message), level=level, attempt=context.attempt, **extra)

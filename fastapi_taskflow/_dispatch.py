@@ -1,0 +1,137 @@
+"""Queues, priorities and concurrency caps. Starts jobs; never runs them itself."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import itertools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ._job import Job, Stage
+from ._models import QueueConfig
+
+
+class _Lane:
+    def __init__(self, config: QueueConfig) -> None:
+        self.config = config
+        self.running = 0
+        self.admitted = 0  # accepted but not started: held or waiting
+        self.heap: list[tuple[int, int, Job]] = []
+
+    def has_slot(self) -> bool:
+        return self.running < self.config.max_concurrency
+
+    def head(self) -> Job | None:
+        while self.heap and self.heap[0][2].stage is not Stage.WAITING:
+            heapq.heappop(self.heap)  # cancelled while waiting
+        return self.heap[0][2] if self.heap else None
+
+
+class Dispatcher:
+    """Starts jobs in priority order (higher first, then first come) within the caps.
+
+    ``max_concurrent`` bounds running jobs across all queues; each queue bounds its own.
+    A queue's ``max_size`` bounds jobs accepted but not yet started.
+    """
+
+    def __init__(
+        self,
+        queues: dict[str, QueueConfig],
+        max_concurrent: int,
+        run: Callable[[Job], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._lanes = {name: _Lane(config) for name, config in queues.items()}
+        self._max_concurrent = max_concurrent
+        self._run = run
+        self._seq = itertools.count()
+        self.running: dict[str, Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def lane_names(self) -> list[str]:
+        return list(self._lanes)
+
+    def has_queue(self, name: str) -> bool:
+        return name in self._lanes
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {"running": lane.running, "waiting": lane.admitted}
+            for name, lane in self._lanes.items()
+        }
+
+    def admit(self, job: Job) -> bool:
+        """Reserve room for ``job`` in its queue; False when the queue is full."""
+        lane = self._lanes[job.record.queue]
+        limit = lane.config.max_size
+        if limit is not None and lane.admitted >= limit:
+            return False
+        lane.admitted += 1
+        return True
+
+    def release(self, job: Job) -> None:
+        """Give back the room of an admitted job that will never start."""
+        self._lanes[job.record.queue].admitted -= 1
+
+    def submit(self, job: Job) -> None:
+        """Make an admitted job eligible to start."""
+        lane = self._lanes[job.record.queue]
+        job.stage = Stage.WAITING
+        priority = job.record.priority or 0
+        heapq.heappush(lane.heap, (-priority, next(self._seq), job))
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.running) < self._max_concurrent:
+            best: tuple[tuple[int, int], _Lane] | None = None
+            for lane in self._lanes.values():
+                if not lane.has_slot():
+                    continue
+                head = lane.head()
+                if head is None:
+                    continue
+                rank = lane.heap[0][:2]
+                if best is None or rank < best[0]:
+                    best = (rank, lane)
+            if best is None:
+                return
+            lane = best[1]
+            _, _, job = heapq.heappop(lane.heap)
+            self._start(lane, job)
+
+    def _start(self, lane: _Lane, job: Job) -> None:
+        lane.admitted -= 1
+        lane.running += 1
+        job.stage = Stage.RUNNING
+        self.running[job.task_id] = job
+        task = asyncio.get_running_loop().create_task(self._run(job), context=job.context)
+        job.task = task
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, lane=lane, job=job))
+
+    def _finished(self, task: asyncio.Task[None], *, lane: _Lane, job: Job) -> None:
+        self._tasks.discard(task)
+        lane.running -= 1
+        self.running.pop(job.task_id, None)
+        job.task = None
+        self._fill()
+
+    def take_waiting(self) -> list[Job]:
+        """Remove and return every job that has not started (for shutdown)."""
+        jobs: list[Job] = []
+        for lane in self._lanes.values():
+            jobs.extend(job for _, _, job in lane.heap if job.stage is Stage.WAITING)
+            lane.heap.clear()
+            lane.admitted = 0
+        return jobs
+
+    async def wait_running(self, seconds: float) -> bool:
+        """Wait until nothing runs, at most ``seconds``; True if all finished."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
+        return not pending
+
+    def running_tasks(self) -> set[asyncio.Task[None]]:
+        return set(self._tasks)

@@ -1,0 +1,153 @@
+"""Running one task: attempts, the retry policy, timeouts and the task's context."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+
+from ._context import TaskContext, append_log, reset_task_context, set_task_context
+from ._errors import TaskflowError
+from ._job import Job, Stage
+from ._models import Attempt, TaskStatus, utcnow
+
+
+class TaskTimeoutError(TaskflowError, TimeoutError):
+    """An attempt ran longer than its task's ``timeout``."""
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Executor:
+    """Applies a task's settings to one job. Knows nothing of queues, HTTP or storage."""
+
+    def __init__(
+        self,
+        *,
+        sync_slots: asyncio.Semaphore,
+        on_change: Callable[[Job], None],
+        on_terminal: Callable[[Job], None],
+    ) -> None:
+        self._sync_slots = sync_slots
+        self._on_change = on_change
+        self._on_terminal = on_terminal
+
+    async def run(self, job: Job) -> None:
+        """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted."""
+        try:
+            await self._attempts(job)
+        except asyncio.CancelledError:
+            if job.cancel_reason is not None:
+                self.finish(job, TaskStatus.CANCELLED, job.cancel_reason)
+                return
+            self.finish(job, TaskStatus.INTERRUPTED, "interrupted: the application shut down")
+            if not job.interrupted:
+                raise
+        finally:
+            if job.stage is not Stage.DONE:  # a BaseException such as SystemExit escaped
+                self.finish(job, TaskStatus.FAILED, "the task raised a BaseException")
+
+    async def _attempts(self, job: Job) -> None:
+        record, config = job.record, job.config
+        while True:
+            number = record.retries_used + 1
+            now = utcnow()
+            record.status = TaskStatus.RUNNING
+            if record.start_time is None:
+                record.start_time = now
+            record.attempts.append(Attempt(number=number, start_time=now))
+            record.updated_at = now
+            self._on_change(job)
+            error = await self._attempt(job, number)
+            record.attempts[-1].end_time = utcnow()
+            if error is None:
+                self.finish(job, TaskStatus.SUCCESS)
+                return
+            record.attempts[-1].error = describe(error)
+            wait = config.retry.next_delay(error, number)
+            if wait is None:
+                self.finish(job, TaskStatus.FAILED, describe(error), error)
+                return
+            record.retries_used += 1
+            append_log(
+                record,
+                f"attempt {number} failed: {describe(error)}; retrying in {wait:.3g}s",
+                level="warning",
+                attempt=number,
+            )
+            self._on_change(job)
+            await asyncio.sleep(wait)
+
+    async def _attempt(self, job: Job, number: int) -> Exception | None:
+        """One call of the task function; returns the exception it failed with, if any."""
+        record, config = job.record, job.config
+        token = set_task_context(
+            TaskContext(
+                task_id=record.task_id,
+                func_name=record.func_name,
+                attempt=number,
+                queue=record.queue,
+                tags=record.tags,
+                idempotency_key=record.idempotency_key,
+                record=record,
+            )
+        )
+        try:
+            if config.timeout is None:
+                await self._call(job)
+                return None
+            async with asyncio.timeout(config.timeout) as scope:
+                await self._call(job)
+            return None
+        except TimeoutError as exc:
+            if config.timeout is not None and scope.expired():
+                return TaskTimeoutError(f"attempt {number} exceeded the {config.timeout}s timeout")
+            return exc
+        except Exception as exc:
+            return exc
+        finally:
+            reset_task_context(token)
+
+    async def _call(self, job: Job) -> None:
+        func = job.config.func
+        if job.config.is_async:
+            await func(*job.args, **job.kwargs)
+            return
+        async with self._sync_slots:
+            job.in_thread = True
+            try:
+                await run_in_threadpool(func, *job.args, **job.kwargs)
+            finally:
+                job.in_thread = False
+
+    def finish(
+        self,
+        job: Job,
+        status: TaskStatus,
+        error: str | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Put ``job`` in a terminal state and tell the observers."""
+        record = job.record
+        now = utcnow()
+        record.status = status
+        record.end_time = now
+        record.updated_at = now
+        if record.attempts and record.attempts[-1].end_time is None:
+            record.attempts[-1].end_time = now
+        if record.start_time is not None:
+            record.duration = (now - record.start_time).total_seconds()
+        if error is not None:
+            record.error = error
+        if exc is not None:
+            record.stacktrace = "".join(traceback.format_exception(exc))
+        if status is not TaskStatus.SUCCESS and error is not None:
+            attempt = record.attempts[-1].number if record.attempts else 0
+            append_log(record, error, level="error", attempt=attempt)
+        job.stage = Stage.DONE
+        self._on_terminal(job)

@@ -1,0 +1,115 @@
+"""Batched writes of completed records to the backend (the snapshot cycle)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ._models import TaskRecord, TaskStatus
+from .backends.base import SnapshotBackend
+
+logger = logging.getLogger("fastapi_taskflow")
+
+_URGENT = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
+
+
+class Flusher:
+    """Collects terminal records and saves them in batches.
+
+    SUCCESS and FAILED wake the writer at once; every record that completes while a write is
+    in flight joins the next batch, so a burst of completions shares a few transactions.
+    Other terminal states wait for the periodic ``interval``. A record completing twice
+    before a flush is written once. When a write fails, the batch is kept (up to
+    ``max_buffer`` records, newest kept) and retried with backoff.
+    """
+
+    def __init__(
+        self,
+        backend: SnapshotBackend,
+        *,
+        interval: float,
+        batch_size: int = 1000,
+        max_buffer: int = 1_000_000,
+    ) -> None:
+        self._backend = backend
+        self._interval = interval
+        self._batch_size = batch_size
+        self._max_buffer = max_buffer
+        self._dirty: dict[str, TaskRecord] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.written = 0
+        self.dropped = 0
+
+    def add(self, record: TaskRecord) -> None:
+        self._dirty.pop(record.task_id, None)
+        self._dirty[record.task_id] = record
+        if len(self._dirty) > self._max_buffer:
+            oldest = next(iter(self._dirty))
+            del self._dirty[oldest]
+            self.dropped += 1
+            logger.warning(
+                "fastapi-taskflow: the write buffer is full (%d records); dropped the oldest "
+                "unsaved record %s. Raise max_buffer or check the backend.",
+                self._max_buffer,
+                oldest,
+            )
+        if record.status in _URGENT:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._dirty)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="taskflow-flusher")
+
+    async def stop(self) -> None:
+        """Stop the periodic loop and write everything still buffered."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> int:
+        """Write every buffered record now; returns how many were written."""
+        written = 0
+        async with self._lock:
+            while self._dirty:
+                batch = list(self._dirty.values())[: self._batch_size]
+                for record in batch:
+                    del self._dirty[record.task_id]
+                try:
+                    await self._backend.save([r.model_copy() for r in batch])
+                except BaseException:
+                    for record in batch:  # keep what failed, unless a newer copy arrived
+                        self._dirty.setdefault(record.task_id, record)
+                    raise
+                written += len(batch)
+        self.written += written
+        return written
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                wait = min(0.5 * 2 ** (failures - 1), 30.0)
+                logger.warning(
+                    "fastapi-taskflow: saving %d records failed (%s); retrying in %.1fs",
+                    self.backlog,
+                    exc,
+                    wait,
+                )
+                await asyncio.sleep(wait)

@@ -1,0 +1,39 @@
+"""A task in flight: its record plus what is needed to run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._models import TaskRecord
+from ._registry import TaskConfig
+
+
+class Stage(enum.Enum):
+    HELD = "held"  # added during a request, waits for the response to be sent
+    WAITING = "waiting"  # accepted by a queue, waits for a free slot
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Job:
+    record: TaskRecord
+    config: TaskConfig
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    context: contextvars.Context | None = None
+    stage: Stage = Stage.HELD
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str | None = None
+    interrupted: bool = False
+    in_thread: bool = False
+    args_stored: bool = True
+    done: asyncio.Event | None = field(default=None)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id

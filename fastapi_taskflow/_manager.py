@@ -1,0 +1,692 @@
+"""TaskManager: configuration, the task registry and the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import enum
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from starlette.background import BackgroundTasks
+
+from ._arguments import all_json, check_storable, to_json
+from ._context import append_log
+from ._dispatch import Dispatcher
+from ._errors import (
+    ConfigurationError,
+    InvalidTaskStateError,
+    NotStartedError,
+    QueueFullError,
+    TaskNotFoundError,
+    UnknownTaskError,
+)
+from ._executor import Executor
+from ._flusher import Flusher
+from ._history import LoadingRepository, TaskHistory
+from ._job import Job, Stage
+from ._models import QueueConfig, TaskRecord, TaskStatus, utcnow
+from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
+from ._retry import RetryPolicy
+from ._store import TaskStore
+from .backends.base import SnapshotBackend
+
+if TYPE_CHECKING:
+    from ._background import ManagedBackgroundTasks
+
+logger = logging.getLogger("fastapi_taskflow")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_RETRYABLE = frozenset(
+    {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED, TaskStatus.REJECTED}
+)
+
+
+_NOT_STARTED = "interrupted: the application shut down before it started"
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def backend_from_url(url: str, *, auto_migrate: bool) -> SnapshotBackend:
+    """The built-in backend for a database URL (SQL by scheme, or Redis)."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from .backends.redis import RedisBackend
+
+        return RedisBackend(url)
+    from .backends.sql import SqlBackend
+
+    return SqlBackend(url, auto_migrate=auto_migrate)
+
+
+class TaskManager:
+    """Runs background tasks with retries, timeouts, status tracking and optional storage.
+
+    Nothing starts in the constructor: call ``await startup()`` (``TaskAdmin`` does it in the
+    app's lifespan), or use ``async with task_manager:`` or ``FastAPI(lifespan=
+    task_manager.lifespan)``.
+
+    Storage: choose at most one of ``snapshot_db`` (a SQLite file path), ``database_url``
+    (``sqlite://``, ``postgresql://``, ``mysql://``, ``mariadb://``, ``redis://`` or an explicit
+    async driver URL) and ``snapshot_backend`` (any :class:`SnapshotBackend`). Without one,
+    everything lives in memory and is gone when the process exits.
+    """
+
+    def __init__(
+        self,
+        *,
+        snapshot_db: str | os.PathLike[str] | None = None,
+        snapshot_backend: SnapshotBackend | None = None,
+        database_url: str | None = None,
+        snapshot_interval: float = 60.0,
+        requeue_pending: bool = False,
+        auto_migrate: bool = True,
+        max_concurrent_tasks: int = 100,
+        max_sync_threads: int = 20,
+        max_records: int = 10_000,
+        max_size: int | None = None,
+        queues: Sequence[QueueConfig] = (),
+        retry_replaces_original: bool = True,
+        shutdown_grace: float = 10.0,
+        instance_id: str | None = None,
+    ) -> None:
+        chosen = [
+            n
+            for n, v in (
+                ("snapshot_db", snapshot_db),
+                ("snapshot_backend", snapshot_backend),
+                ("database_url", database_url),
+            )
+            if v is not None
+        ]
+        if len(chosen) > 1:
+            raise ConfigurationError(
+                f"pass only one of snapshot_db, snapshot_backend and database_url (got "
+                f"{', '.join(chosen)})"
+            )
+        for label, number in (
+            ("max_concurrent_tasks", max_concurrent_tasks),
+            ("max_sync_threads", max_sync_threads),
+            ("max_records", max_records),
+        ):
+            if number < 1:
+                raise ConfigurationError(f"{label} must be at least 1, got {number}")
+        if snapshot_interval <= 0:
+            raise ConfigurationError(
+                f"snapshot_interval must be > 0 seconds, got {snapshot_interval}"
+            )
+        if shutdown_grace < 0:
+            raise ConfigurationError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
+        if snapshot_db is not None:
+            from .backends.sql import SqliteBackend
+
+            snapshot_backend = SqliteBackend(os.fspath(snapshot_db), auto_migrate=auto_migrate)
+        elif database_url is not None:
+            snapshot_backend = backend_from_url(database_url, auto_migrate=auto_migrate)
+        self.backend: SnapshotBackend | None = snapshot_backend
+        self.snapshot_interval = snapshot_interval
+        self.requeue_pending = requeue_pending
+        self.auto_migrate = auto_migrate
+        self.max_concurrent_tasks = max_concurrent_tasks
+        self.max_sync_threads = max_sync_threads
+        self.retry_replaces_original = retry_replaces_original
+        self.shutdown_grace = shutdown_grace
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self._queues = {
+            DEFAULT_QUEUE: QueueConfig(
+                name=DEFAULT_QUEUE, max_concurrency=max_concurrent_tasks, max_size=max_size
+            )
+        }
+        for queue in queues:
+            if queue.name in self._queues and queue.name != DEFAULT_QUEUE:
+                raise ConfigurationError(f"queue {queue.name!r} is configured twice")
+            self._queues[queue.name] = queue
+        self.registry = Registry()
+        self.store = TaskStore(max_records)
+        self._state = _State.NEW
+        self._dispatcher: Dispatcher | None = None
+        self._executor: Executor | None = None
+        self._flusher: Flusher | None = None
+        self._orphans: list[TaskRecord] = []
+        stored = None
+        if snapshot_backend is not None:
+            stored = snapshot_backend.history() or LoadingRepository(snapshot_backend)
+        self.history = TaskHistory(
+            live=lambda: itertools.chain((job.record for job in self.store), self._orphans),
+            stored=stored,
+            unsaved=lambda: set(self._flusher._dirty) if self._flusher else set(),
+        )
+
+    # ------------------------------------------------------------------ registration
+
+    @overload
+    def task(self, func: F, /) -> F: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        retries: int = 0,
+        delay: float = 0.0,
+        backoff: float = 1.0,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        timeout: float | None = None,
+        name: str | None = None,
+        eager: bool = False,
+        priority: int | None = None,
+        queue: str | None = None,
+        persist: bool = False,
+        requeue_on_interrupt: bool = False,
+    ) -> Callable[[F], F]: ...
+
+    def task(  # type: ignore[misc]  # mypy misreads the keyword-only overload
+        self,
+        func: F | None = None,
+        /,
+        *,
+        retries: int = 0,
+        delay: float = 0.0,
+        backoff: float = 1.0,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        timeout: float | None = None,
+        name: str | None = None,
+        eager: bool = False,
+        priority: int | None = None,
+        queue: str | None = None,
+        persist: bool = False,
+        requeue_on_interrupt: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Register a task function with its settings; returns the function unchanged.
+
+        ``retries`` extra attempts wait ``delay * backoff ** n`` seconds (capped by
+        ``max_delay``, spread by ``jitter``), only for exceptions in ``retry_on``.
+        ``timeout`` (seconds) cancels an async attempt that runs too long and counts it as
+        failed. ``persist=True`` stores the task's arguments so it survives a restart;
+        ``requeue_on_interrupt=True`` re-runs it if it was running when the process stopped.
+        """
+        policy = RetryPolicy(
+            retries=retries,
+            delay=delay,
+            backoff=backoff,
+            max_delay=max_delay,
+            jitter=jitter,
+            retry_on=tuple(retry_on),
+        )
+        if queue is not None and queue not in self._queues:
+            raise ConfigurationError(self._unknown_queue(queue))
+
+        def register(fn: F) -> F:
+            from ._registry import default_name
+
+            self.registry.register(
+                TaskConfig(
+                    name=name or default_name(fn),
+                    func=fn,
+                    retry=policy,
+                    timeout=timeout,
+                    persist=persist,
+                    requeue_on_interrupt=requeue_on_interrupt,
+                    eager=eager,
+                    priority=priority,
+                    queue=queue,
+                    is_async=is_async_callable(fn),
+                )
+            )
+            return fn
+
+        return register(func) if func is not None else register
+
+    def _unknown_queue(self, queue: str) -> str:
+        return (
+            f"queue {queue!r} is not configured; known queues: {sorted(self._queues)}. "
+            f"Add it with TaskManager(queues=[QueueConfig(name={queue!r})])"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def started(self) -> bool:
+        """True between ``startup()`` and ``shutdown()``."""
+        return self._state is _State.RUNNING
+
+    async def startup(self) -> None:
+        """Open the backend, requeue unfinished work and start accepting tasks."""
+        if self._state is _State.RUNNING:
+            return
+        if self._state is not _State.NEW:
+            raise NotStartedError("this TaskManager was shut down; create a new one to restart")
+        self._executor = Executor(
+            sync_slots=asyncio.Semaphore(self.max_sync_threads),
+            on_change=lambda job: self.store.changed(job.record),
+            on_terminal=self._on_terminal,
+        )
+        self._dispatcher = Dispatcher(self._queues, self.max_concurrent_tasks, self._executor.run)
+        if self.backend is not None:
+            await self.backend.open()
+            self._flusher = Flusher(self.backend, interval=self.snapshot_interval)
+        self._state = _State.RUNNING
+        if self.backend is not None:
+            await self._requeue(await self.backend.load_pending())
+            await self.backend.clear_pending()
+            assert self._flusher is not None
+            self._flusher.start()
+
+    async def shutdown(self) -> None:
+        """Stop accepting tasks, let running ones finish within ``shutdown_grace`` seconds,
+        mark the rest interrupted, save what must survive and close the backend."""
+        if self._state is not _State.RUNNING:
+            self._state = _State.STOPPED
+            return
+        self._state = _State.STOPPING
+        dispatcher = self._dispatcher
+        assert dispatcher is not None and self._executor is not None
+        not_started = dispatcher.take_waiting()
+        not_started += [job for job in self.store if job.stage is Stage.HELD]
+        if not await dispatcher.wait_running(self.shutdown_grace):
+            for job in list(dispatcher.running.values()):
+                if job.task is not None:
+                    job.interrupted = True
+                    job.task.cancel()
+            await dispatcher.wait_running(5.0)
+        to_requeue: list[TaskRecord] = list(self._orphans)
+        for job in not_started:
+            if self._persists(job.config):
+                to_requeue.append(job.record.model_copy())
+            else:
+                self._executor.finish(
+                    job,
+                    TaskStatus.INTERRUPTED,
+                    _NOT_STARTED,
+                )
+        for job in self.store:
+            requeue = job.config.requeue_on_interrupt and self._persists(job.config)
+            if requeue and job.record.status is TaskStatus.INTERRUPTED:
+                to_requeue.append(job.record.model_copy(update={"status": TaskStatus.PENDING}))
+        try:
+            if self.backend is not None:
+                assert self._flusher is not None
+                await self._flusher.stop()
+                await self.backend.save_pending(to_requeue)
+        finally:
+            self._state = _State.STOPPED
+            if self.backend is not None:
+                await self.backend.close()
+
+    async def __aenter__(self) -> TaskManager:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """A lifespan for ``FastAPI(lifespan=task_manager.lifespan)``."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def flush(self) -> int:
+        """Write every completed record not yet saved to the backend now."""
+        return await self._flusher.flush() if self._flusher is not None else 0
+
+    # ------------------------------------------------------------------ submitting
+
+    def _persists(self, config: TaskConfig) -> bool:
+        return self.backend is not None and (config.persist or self.requeue_pending)
+
+    def create(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        source: str = "request",
+        task_id: str | None = None,
+        created_at: Any = None,
+    ) -> Job:
+        """Accept a task: validate it, record it as pending and reserve its queue slot.
+
+        Returns the job, which is not started yet (see :meth:`dispatch`). When the
+        idempotency key matches a live or succeeded task, that task's job is returned.
+        """
+        if self._state is not _State.RUNNING:
+            raise NotStartedError(
+                "the TaskManager is not running: start it with TaskAdmin(app, task_manager), "
+                "FastAPI(lifespan=task_manager.lifespan), 'async with task_manager:' or "
+                "'await task_manager.startup()'"
+            )
+        config = self.registry.for_callable(func)
+        if idempotency_key is not None:
+            existing = self.store.by_idempotency_key(idempotency_key)
+            if existing is not None and existing.record.status in (
+                TaskStatus.PENDING,
+                TaskStatus.RUNNING,
+                TaskStatus.SUCCESS,
+            ):
+                return existing
+        queue_name = queue or config.queue or DEFAULT_QUEUE
+        if queue_name not in self._queues:
+            raise ConfigurationError(self._unknown_queue(queue_name))
+        if tags is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            raise ConfigurationError(f"tags must map str to str, got {tags!r}")
+        exact = self._persists(config)
+        if exact:
+            check_storable(config.name, args, kwargs)
+            stored_args, stored_kwargs = list(args), dict(kwargs)
+        elif args or kwargs:
+            exact = all_json(args, kwargs)
+            stored_args = [to_json(a) for a in args]
+            stored_kwargs = {k: to_json(v) for k, v in kwargs.items()}
+        else:
+            exact, stored_args, stored_kwargs = True, [], {}
+        now = utcnow()
+        record = TaskRecord.model_construct(
+            task_id=task_id or uuid.uuid4().hex,
+            func_name=config.name,
+            status=TaskStatus.PENDING,
+            args=stored_args,
+            kwargs=stored_kwargs,
+            created_at=created_at or now,
+            start_time=None,
+            end_time=None,
+            duration=None,
+            retries_used=0,
+            error=None,
+            stacktrace=None,
+            logs=[],
+            attempts=[],
+            tags=dict(tags or {}),
+            idempotency_key=idempotency_key,
+            source=source,
+            priority=priority if priority is not None else config.priority,
+            queue=queue_name,
+            retry_of=None,
+            instance_id=self.instance_id,
+            updated_at=now,
+        )
+        job = Job(
+            record=record,
+            config=config,
+            args=args,
+            kwargs=kwargs,
+            context=contextvars.copy_context(),
+            args_stored=exact,
+        )
+        assert self._dispatcher is not None
+        if not self._dispatcher.admit(job):
+            self.store.add(job)
+            assert self._executor is not None
+            limit = self._queues[queue_name].max_size
+            message = f"queue {queue_name!r} is full ({limit} tasks waiting); task rejected"
+            self._executor.finish(job, TaskStatus.REJECTED, message)
+            raise QueueFullError(
+                f"{message}. Raise max_size for the queue or add tasks more slowly.",
+                task_id=record.task_id,
+                queue=queue_name,
+            )
+        self.store.add(job)
+        return job
+
+    def dispatch(self, job: Job) -> None:
+        """Let an accepted job start (now, or when its queue has room)."""
+        if job.stage is not Stage.HELD:
+            return
+        if self._state is not _State.RUNNING:
+            assert self._executor is not None
+            self._executor.finish(
+                job,
+                TaskStatus.INTERRUPTED,
+                _NOT_STARTED,
+            )
+            return
+        assert self._dispatcher is not None
+        self._dispatcher.submit(job)
+
+    def discard(self, job: Job, reason: str) -> None:
+        """End a held job that will never be dispatched (its request failed)."""
+        if job.stage is not Stage.HELD or job.record.status is not TaskStatus.PENDING:
+            return
+        if self._dispatcher is not None:
+            self._dispatcher.release(job)
+        assert self._executor is not None
+        self._executor.finish(job, TaskStatus.CANCELLED, reason)
+
+    async def enqueue(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Add a task from outside a request (startup code, another task, a script).
+
+        Starts it as soon as its queue has room and returns its id.
+        """
+        job = self.create(
+            func,
+            args,
+            kwargs,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+            source="enqueue",
+        )
+        self.dispatch(job)
+        return job.task_id
+
+    async def get_tasks(
+        self, background_tasks: BackgroundTasks
+    ) -> AsyncIterator[ManagedBackgroundTasks]:
+        """FastAPI dependency: ``tasks: ManagedBackgroundTasks = Depends(task_manager.get_tasks)``.
+
+        Gives the request's background tasks object, managed by this manager. Tasks added
+        in a request that then fails are cancelled instead of left pending.
+        """
+        from ._background import bind, request_failed
+
+        managed = bind(background_tasks, self)
+        try:
+            yield managed
+        except BaseException as exc:
+            managed.discard(request_failed(exc))
+            raise
+
+    def install(self, app: Any, *, plain_background_tasks: bool = False) -> int:
+        """Make the app's routes receive managed background tasks; returns how many.
+
+        Routes with a ``ManagedBackgroundTasks`` parameter are bound; with
+        ``plain_background_tasks=True`` so are routes with plain ``BackgroundTasks``. Call it
+        after the routes are added (``TaskAdmin`` calls it at start-up).
+        """
+        from ._background import install
+
+        return install(app, self, plain_background_tasks=plain_background_tasks)
+
+    # ------------------------------------------------------------------ actions
+
+    def _on_terminal(self, job: Job) -> None:
+        self.store.completed(job)
+        if self._flusher is not None:
+            self._flusher.add(job.record)
+        if job.done is not None:
+            job.done.set()
+
+    async def _requeue(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            config = self.registry.get(record.func_name)
+            if config is None:
+                logger.warning(
+                    "fastapi-taskflow: pending task %s needs function %r, which is not "
+                    "registered; it stays pending. Register the function (or its name=) "
+                    "before start-up to run it.",
+                    record.task_id,
+                    record.func_name,
+                )
+                self._orphans.append(record)
+                continue
+            job = self.create(
+                config.func,
+                tuple(record.args),
+                dict(record.kwargs),
+                idempotency_key=record.idempotency_key,
+                tags=record.tags,
+                priority=record.priority,
+                queue=record.queue if record.queue in self._queues else None,
+                source="requeue",
+                task_id=record.task_id,
+                created_at=record.created_at,
+            )
+            job.record.logs = list(record.logs)
+            job.record.attempts = list(record.attempts)
+            job.record.retries_used = 0
+            self.dispatch(job)
+
+    async def cancel(self, task_id: str, reason: str = "cancelled on request") -> TaskRecord:
+        """Cancel a task: a pending one never runs; a running async one is cancelled."""
+        job = self.store.get(task_id)
+        if job is None:
+            if await self.history.get(task_id) is not None:
+                raise InvalidTaskStateError(f"task {task_id} has already finished")
+            raise TaskNotFoundError(f"no task with id {task_id!r}")
+        assert self._executor is not None and self._dispatcher is not None
+        if job.stage in (Stage.HELD, Stage.WAITING):
+            self._dispatcher.release(job)
+            self._executor.finish(job, TaskStatus.CANCELLED, reason)
+        elif job.stage is Stage.RUNNING:
+            if job.in_thread:
+                raise InvalidTaskStateError(
+                    f"task {task_id} is a sync function running in a thread and cannot be "
+                    f"interrupted; make it async to allow cancelling it while it runs"
+                )
+            job.cancel_reason = reason
+            if job.task is not None:
+                job.task.cancel()
+                await asyncio.wait({job.task})
+        else:
+            raise InvalidTaskStateError(
+                f"task {task_id} is already {job.record.status.value}; only pending or running "
+                f"tasks can be cancelled"
+            )
+        return job.record
+
+    async def retry(self, task_id: str) -> str:
+        """Run a failed, cancelled, interrupted or rejected task again; returns its id.
+
+        With ``retry_replaces_original=True`` the same record is reset and re-run; otherwise
+        a new task is created with ``retry_of`` pointing at the original.
+        """
+        job = self.store.get(task_id)
+        record = job.record if job is not None else await self.history.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r}")
+        if record.status not in _RETRYABLE:
+            raise InvalidTaskStateError(
+                f"task {task_id} is {record.status.value}; only failed, cancelled, interrupted "
+                f"or rejected tasks can be retried"
+            )
+        if job is not None:
+            func, args, kwargs = job.config.func, job.args, job.kwargs
+        else:
+            config = self.registry.get(record.func_name)
+            if config is None:
+                raise UnknownTaskError(
+                    f"task {task_id} ran function {record.func_name!r}, which is not registered "
+                    f"in this process; register it to retry the task"
+                )
+            if not all_json(tuple(record.args), record.kwargs) or _has_repr(record):
+                raise InvalidTaskStateError(
+                    f"the arguments of task {task_id} were not stored exactly, so it cannot be "
+                    f"retried from history; mark the function persist=True to keep them"
+                )
+            func, args, kwargs = config.func, tuple(record.args), dict(record.kwargs)
+        if self.retry_replaces_original:
+            if job is not None:
+                self.store.remove(task_id)
+            new = self.create(
+                func,
+                tuple(args),
+                dict(kwargs),
+                tags=record.tags,
+                priority=record.priority,
+                queue=record.queue,
+                source="retry",
+                task_id=task_id,
+                created_at=record.created_at,
+            )
+            new.record.logs = list(record.logs)
+            new.record.attempts = list(record.attempts)
+        else:
+            new = self.create(
+                func,
+                tuple(args),
+                dict(kwargs),
+                tags=record.tags,
+                priority=record.priority,
+                queue=record.queue,
+                source="retry",
+            )
+            new.record.retry_of = task_id
+        append_log(new.record, f"retry of task {task_id} requested", level="info", attempt=0)
+        self.dispatch(new)
+        return new.task_id
+
+    async def wait(self, task_id: str) -> TaskRecord:
+        """Wait until the task reaches a terminal state and return its record.
+
+        Bound it with ``asyncio.timeout(...)`` if needed.
+        """
+        job = self.store.get(task_id)
+        if job is None:
+            record = await self.history.get(task_id)
+            if record is None:
+                raise TaskNotFoundError(f"no task with id {task_id!r}")
+            return record
+        if job.stage is not Stage.DONE:
+            if job.done is None:
+                job.done = asyncio.Event()
+            await job.done.wait()
+        return job.record
+
+    def registered(self) -> list[TaskConfig]:
+        """The registered task functions and their settings, by name."""
+        return self.registry.all()
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Running and waiting counts per queue."""
+        return self._dispatcher.queue_depths() if self._dispatcher is not None else {}
+
+
+def _has_repr(record: TaskRecord) -> bool:
+    values = [*record.args, *record.kwargs.values()]
+    return any(isinstance(v, dict) and "__repr__" in v for v in values)
