@@ -14,12 +14,11 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_parameterless_sub_dependant
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
-from fastapi import BackgroundTasks
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 
 from ._errors import NotStartedError
@@ -116,7 +115,9 @@ class ManagedBackgroundTasks(BackgroundTasks):
             await super().__call__()
 
 
-def bind(background_tasks: StarletteBackgroundTasks, manager: TaskManager) -> ManagedBackgroundTasks:
+def bind(
+    background_tasks: StarletteBackgroundTasks, manager: TaskManager
+) -> ManagedBackgroundTasks:
     """Make the request's ``BackgroundTasks`` object a managed one (in place)."""
     if (
         isinstance(background_tasks, ManagedBackgroundTasks)
@@ -144,10 +145,9 @@ def _background_param(dependant: Dependant) -> type[Any] | None:
     if not dependant.background_tasks_param_name or dependant.call is None:
         return None
     try:
-        parameter = inspect.signature(dependant.call).parameters[
-            dependant.background_tasks_param_name
-        ]
-    except (KeyError, TypeError, ValueError):
+        parameters = inspect.signature(dependant.call, eval_str=True).parameters
+        parameter = parameters[dependant.background_tasks_param_name]
+    except (KeyError, TypeError, ValueError, NameError):
         return BackgroundTasks
     annotation = parameter.annotation
     return annotation if isinstance(annotation, type) else BackgroundTasks

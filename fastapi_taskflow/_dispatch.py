@@ -108,13 +108,18 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(self._run(job), context=job.context)
         job.task = task
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._finished, lane=lane, job=job))
+        task.add_done_callback(functools.partial(self._finished, job=job))
 
-    def _finished(self, task: asyncio.Task[None], *, lane: _Lane, job: Job) -> None:
+    def _finished(self, task: asyncio.Task[None], *, job: Job) -> None:
         self._tasks.discard(task)
-        lane.running -= 1
-        self.running.pop(job.task_id, None)
-        job.task = None
+        self.finished(job)
+
+    def finished(self, job: Job) -> None:
+        """Free the slot of a job that reached a terminal state and start the next one."""
+        if self.running.get(job.task_id) is not job:
+            return
+        del self.running[job.task_id]
+        self._lanes[job.record.queue].running -= 1
         self._fill()
 
     def take_waiting(self) -> list[Job]:

@@ -536,6 +536,8 @@ class TaskManager:
     # ------------------------------------------------------------------ actions
 
     def _on_terminal(self, job: Job) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.finished(job)
         self.store.completed(job)
         if self._flusher is not None:
             self._flusher.add(job.record)

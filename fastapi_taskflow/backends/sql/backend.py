@@ -1,0 +1,246 @@
+"""One SQLAlchemy backend for SQLite, PostgreSQL and MySQL/MariaDB, chosen by the URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..._errors import ConfigurationError, NotStartedError
+from ..._models import TaskRecord
+from ..base import SnapshotBackend
+from .dialect import create_engine, max_bind_params, upsert
+from .migrate import ensure_schema
+from .records import (
+    from_history_row,
+    from_pending_row,
+    history_rows,
+    latest_by_id,
+    pending_rows,
+    tag_rows,
+)
+from .repository import SqlHistoryRepository
+from .tables import history, history_tags, pending
+from .transaction import WriteGuard, run_read
+from .urls import make_async_url, require_driver
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqlBackend(SnapshotBackend):
+    """Task history and pending work in SQLite, PostgreSQL or MySQL/MariaDB.
+
+    ``url`` may be plain (``sqlite:///tasks.db``, ``postgresql://user:pass@host/db``,
+    ``mysql://…``, ``mariadb://…``) or name the async driver (``sqlite+aiosqlite://``,
+    ``postgresql+asyncpg://``, ``mysql+aiomysql://``). Nothing connects until
+    :meth:`open`, which creates the engine and brings the tables to the current schema
+    (``auto_migrate=True``, under a database lock) or checks that they are current
+    (``auto_migrate=False``, raising :class:`SchemaOutdatedError` when behind).
+
+    Pass ``engine=`` to use an engine you own (it is not disposed by :meth:`close`);
+    ``engine_kwargs`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+    """
+
+    #: Backend names (``URL.get_backend_name()``) this class accepts; empty means all.
+    dialects: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+        auto_migrate: bool = True,
+        echo: bool = False,
+        **engine_kwargs: Any,
+    ) -> None:
+        if engine is not None:
+            self._url = engine.url
+        elif url is not None:
+            self._url = make_async_url(url)
+            require_driver(self._url)
+        else:
+            raise ConfigurationError(
+                f"{type(self).__name__} needs a database URL (or engine=AsyncEngine)"
+            )
+        backend = self._url.get_backend_name()
+        if self.dialects and backend not in self.dialects:
+            raise ConfigurationError(
+                f"{type(self).__name__} takes a {' or '.join(self.dialects)} URL, got "
+                f"{self._url.render_as_string(hide_password=True)!r}; use SqlBackend(url) "
+                "to choose the database by URL"
+            )
+        self._given_engine = engine
+        self._engine: AsyncEngine | None = None
+        self._auto_migrate = auto_migrate
+        self._echo = echo
+        self._engine_kwargs = engine_kwargs
+        self._writes = WriteGuard()
+        self._history = SqlHistoryRepository(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def url(self) -> URL:
+        """The async database URL in use."""
+        return self._url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine; available between :meth:`open` and :meth:`close`."""
+        if self._engine is None:
+            raise NotStartedError(
+                f"{self!r} is not open: call `await backend.open()` first "
+                "(TaskManager.startup() does it)"
+            )
+        return self._engine
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create the engine and make sure the tables are at the current schema."""
+        if self._engine is not None:
+            return
+        engine = self._given_engine or create_engine(
+            self._url, echo=self._echo, **self._engine_kwargs
+        )
+        try:
+            await ensure_schema(engine, auto_migrate=self._auto_migrate)
+        except BaseException:
+            if self._given_engine is None:
+                await engine.dispose()
+            raise
+        self._engine = engine
+
+    async def close(self) -> None:
+        """Wait for writes in flight, then dispose of the engine (unless it was given)."""
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        await self._writes.drain()
+        if self._given_engine is None:
+            await engine.dispose()
+
+    def history(self) -> SqlHistoryRepository:
+        """Native history queries in SQL (usable once the backend is open)."""
+        return self._history
+
+    # ------------------------------------------------------------------ history
+
+    async def save(self, records: list[TaskRecord]) -> int:
+        """Upsert ``records`` into history in one transaction; return how many."""
+        if not records:
+            return 0
+        batch = latest_by_id(records)
+        rows = history_rows(batch)
+        tags = tag_rows(batch)
+        ids = [r.task_id for r in batch]
+        engine = self.engine
+        statement = upsert(history, engine.dialect.name)
+        chunk = max_bind_params(engine.dialect.name)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement, rows)
+            for part in _chunks(ids, chunk):
+                await conn.execute(sa.delete(history_tags).where(history_tags.c.task_id.in_(part)))
+            if tags:
+                await conn.execute(sa.insert(history_tags), tags)
+
+        await self._writes.run(engine, work, f"saving {len(batch)} task records")
+        return len(batch)
+
+    async def load(self) -> list[TaskRecord]:
+        """Every record in history, oldest first."""
+
+        async def work(conn: AsyncConnection) -> list[TaskRecord]:
+            query = sa.select(history).order_by(history.c.created_at, history.c.task_id)
+            result = await conn.execute(query)
+            return [from_history_row(row) for row in result.mappings()]
+
+        return await run_read(self.engine, work, "loading task history")
+
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        """Remove records (and their tags) from history; return how many were removed."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return 0
+        engine = self.engine
+        chunk = max_bind_params(engine.dialect.name)
+
+        async def work(conn: AsyncConnection) -> int:
+            removed = 0
+            for part in _chunks(ids, chunk):
+                await conn.execute(sa.delete(history_tags).where(history_tags.c.task_id.in_(part)))
+                result = await conn.execute(sa.delete(history).where(history.c.task_id.in_(part)))
+                removed += result.rowcount
+            return removed
+
+        return await self._writes.run(engine, work, f"deleting {len(ids)} task records")
+
+    # ------------------------------------------------------------------ pending
+
+    async def save_pending(self, records: list[TaskRecord]) -> int:
+        """Replace the stored unfinished tasks with ``records`` in one transaction."""
+        batch = latest_by_id(records)
+        rows = pending_rows(batch)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(sa.delete(pending))
+            if rows:
+                await conn.execute(sa.insert(pending), rows)
+
+        await self._writes.run(self.engine, work, f"saving {len(batch)} pending tasks")
+        return len(batch)
+
+    async def load_pending(self) -> list[TaskRecord]:
+        """The unfinished tasks stored by :meth:`save_pending`, oldest first."""
+
+        async def work(conn: AsyncConnection) -> list[TaskRecord]:
+            query = sa.select(pending.c.record).order_by(pending.c.created_at, pending.c.task_id)
+            return [from_pending_row(doc) for doc in await conn.scalars(query)]
+
+        return await run_read(self.engine, work, "loading pending tasks")
+
+    async def clear_pending(self) -> None:
+        """Delete every stored unfinished task."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(sa.delete(pending))
+
+        await self._writes.run(self.engine, work, "clearing pending tasks")
+
+
+class SqliteBackend(SqlBackend):
+    """:class:`SqlBackend` on a SQLite file (WAL mode). ``":memory:"`` keeps one private
+    in-memory database for the life of the backend (one connection, this process only)."""
+
+    dialects = ("sqlite",)
+
+    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        location = os.fspath(path)
+        if "://" in location:
+            url: str | URL = location
+        else:
+            url = URL.create("sqlite+aiosqlite", database=location)
+        super().__init__(url, **kwargs)
+
+
+class PostgresBackend(SqlBackend):
+    """:class:`SqlBackend` on PostgreSQL (asyncpg): ``PostgresBackend("postgresql://…")``."""
+
+    dialects = ("postgresql",)
+
+
+class MySQLBackend(SqlBackend):
+    """:class:`SqlBackend` on MySQL or MariaDB (aiomysql): ``MySQLBackend("mysql://…")``."""
+
+    dialects = ("mysql", "mariadb")

@@ -1,0 +1,214 @@
+"""Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB, in one place.
+
+Engine options and SQLite pragmas, upsert statements, the migration lock, and which
+driver errors are worth retrying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+
+from ..._errors import BackendError
+from .urls import is_memory_sqlite
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK_NAME = "fastapi_taskflow_migrate"
+MIGRATION_LOCK_ID = 0x7A5C_F10E  # pg_advisory_lock key: arbitrary, fixed, ours
+MIGRATION_LOCK_TIMEOUT_S = 300
+_BEGIN_OPTION = "taskflow_sqlite_begin"
+
+
+def is_mysql(name: str) -> bool:
+    return name in ("mysql", "mariadb")
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> AsyncEngine:
+    """An async engine with this library's per-dialect defaults; ``engine_kwargs`` win."""
+    name = url.get_backend_name()
+    options: dict[str, Any] = {"echo": echo}
+    if name == "sqlite":
+        if is_memory_sqlite(url):
+            # One connection is the whole database; the pool hands it out one at a time.
+            options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
+        else:
+            _make_parent_dir(url)
+    else:
+        options["pool_pre_ping"] = True
+        if is_mysql(name):
+            options["pool_recycle"] = 3600
+            # Fewer gap locks than REPEATABLE READ, so concurrent upserts rarely deadlock.
+            options["isolation_level"] = "READ COMMITTED"
+    options.update(engine_kwargs)
+    engine = create_async_engine(url, **options)
+    if name == "sqlite":
+        install_sqlite_events(engine)
+    return engine
+
+
+def _make_parent_dir(url: URL) -> None:
+    database = url.database or ""
+    if database.startswith("file:") or url.query.get("uri"):
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def install_sqlite_events(engine: AsyncEngine) -> None:
+    """WAL mode and a busy timeout on connect; BEGIN emitted by us (IMMEDIATE for writes).
+
+    pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
+    front; the SQLAlchemy documentation's recipe hands BEGIN to us instead.
+    """
+    sync_engine = engine.sync_engine
+    if not event.contains(sync_engine, "connect", _sqlite_on_connect):
+        event.listen(sync_engine, "connect", _sqlite_on_connect)
+    if not event.contains(sync_engine, "begin", _sqlite_on_begin):
+        event.listen(sync_engine, "begin", _sqlite_on_begin)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN_OPTION, "")
+    conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+async def for_writing(conn: AsyncConnection) -> AsyncConnection:
+    """Mark ``conn`` so its next transaction takes SQLite's write lock at BEGIN."""
+    if conn.dialect.name == "sqlite":
+        await conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    return conn
+
+
+# --------------------------------------------------------------------------- upserts
+
+
+def upsert(table: sa.Table, dialect_name: str) -> sa.Insert:
+    """``INSERT`` that updates every non-key column when the primary key exists."""
+    keys = [c.name for c in table.primary_key.columns]
+    if is_mysql(dialect_name):
+        my_stmt = mysql.insert(table)
+        return my_stmt.on_duplicate_key_update(
+            {c.name: my_stmt.inserted[c.name] for c in table.columns if c.name not in keys}
+        )
+    if dialect_name == "postgresql":
+        pg_stmt = postgresql.insert(table)
+        return pg_stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c.name: pg_stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        )
+    if dialect_name == "sqlite":
+        lite_stmt = sqlite.insert(table)
+        return lite_stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c.name: lite_stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        )
+    raise BackendError(f"no upsert for the {dialect_name!r} dialect")
+
+
+def max_bind_params(dialect_name: str) -> int:
+    """How many values one statement may carry (SQLite and PostgreSQL cap it)."""
+    return 30_000 if dialect_name == "postgresql" else 10_000 if is_mysql(dialect_name) else 900
+
+
+# --------------------------------------------------------------------------- migration lock
+
+
+@asynccontextmanager
+async def migration_lock(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """Hold the database-wide migration lock on ``conn`` for the body.
+
+    PostgreSQL: a session advisory lock. MySQL/MariaDB: ``GET_LOCK``. SQLite: the body runs
+    in one ``BEGIN IMMEDIATE`` transaction, which is the lock. The body must commit its work;
+    the lock is released (or the transaction rolled back) on the way out.
+    """
+    name = conn.dialect.name
+    if name == "sqlite":
+        await for_writing(conn)
+        await conn.begin()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction():
+                await conn.rollback()
+        return
+    if name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_ID)))
+        await conn.commit()
+        release: sa.Executable = sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_ID))
+    elif is_mysql(name):
+        got = await conn.scalar(
+            sa.select(sa.func.get_lock(MIGRATION_LOCK_NAME, MIGRATION_LOCK_TIMEOUT_S))
+        )
+        await conn.commit()
+        if got != 1:
+            raise BackendError(
+                f"could not take the migration lock {MIGRATION_LOCK_NAME!r} within "
+                f"{MIGRATION_LOCK_TIMEOUT_S} s: another instance may be stuck migrating"
+            )
+        release = sa.select(sa.func.release_lock(MIGRATION_LOCK_NAME))
+    else:
+        yield conn
+        return
+    try:
+        yield conn
+    finally:
+        await _release(conn, release)
+
+
+async def _release(conn: AsyncConnection, release: sa.Executable) -> None:
+    try:
+        if conn.in_transaction():
+            await conn.rollback()
+        await conn.execute(release)
+        await conn.commit()
+    except (sa.exc.SQLAlchemyError, OSError):
+        # A session lock dies with its connection: make sure this one is not pooled.
+        await conn.invalidate()
+
+
+# --------------------------------------------------------------------------- errors
+
+_PG_TRANSIENT = ("40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300")
+_MYSQL_TRANSIENT = {1205, 1213, 1040, 2003, 2006, 2013, 2055}
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same transaction could succeed (lost connection, deadlock…)."""
+    if isinstance(exc, OSError):  # refused, reset, timed out
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(code, str) and (code.startswith("08") or code in _PG_TRANSIENT):
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT:
+        return True
+    message = str(orig).lower()
+    return any(fragment in message for fragment in _SQLITE_TRANSIENT)

@@ -1,0 +1,216 @@
+"""History queries in SQL: filters, newest first, keyset pages, counts and statistics."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ... import _cursor
+from ..._errors import ConfigurationError
+from ..._models import FunctionStats, TaskFilter, TaskPage, TaskRecord, TaskStatus
+from .records import from_history_row
+from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH, history, history_tags
+from .transaction import run_read
+
+if TYPE_CHECKING:
+    from .backend import SqlBackend
+
+MAX_LIMIT = 10_000
+PERCENTILES = (0.5, 0.95, 0.99)
+
+_h = history.c
+
+
+def where_clauses(filter: TaskFilter) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions equivalent to :meth:`TaskFilter.matches`."""
+    clauses: list[sa.ColumnElement[bool]] = []
+    statuses = [TaskStatus(s).value for s in filter.statuses]
+    if len(statuses) == 1:
+        clauses.append(_h.status == statuses[0])
+    elif statuses:
+        clauses.append(_h.status.in_(statuses))
+    if filter.func_name is not None:
+        clauses.append(_h.func_name == filter.func_name)
+    if filter.queue is not None:
+        clauses.append(_h.queue == filter.queue)
+    if filter.since is not None:
+        clauses.append(_h.created_at >= filter.since)
+    if filter.until is not None:
+        clauses.append(_h.created_at < filter.until)
+    for key, value in filter.tags.items():
+        if len(key) > TAG_KEY_LENGTH or len(value) > TAG_VALUE_LENGTH:
+            clauses.append(sa.false())  # longer tags are never indexed
+            continue
+        tagged = sa.select(history_tags.c.task_id).where(
+            history_tags.c.key == key, history_tags.c.value == value
+        )
+        clauses.append(_h.task_id.in_(tagged))
+    if filter.text:
+        clauses.append(
+            sa.or_(
+                _h.task_id.icontains(filter.text, autoescape=True),
+                _h.func_name.icontains(filter.text, autoescape=True),
+                _h.error.icontains(filter.text, autoescape=True),
+            )
+        )
+    return clauses
+
+
+def _after(cursor: str) -> sa.ColumnElement[bool]:
+    """Rows strictly older than the cursor in (created_at, task_id) order.
+
+    Written so every dialect uses the index range ``created_at <= c`` and filters the few
+    rows sharing that timestamp by id.
+    """
+    created_at, task_id = _cursor.decode(cursor)
+    return sa.and_(
+        _h.created_at <= created_at,
+        sa.or_(_h.created_at < created_at, _h.task_id < task_id),
+    )
+
+
+def _interpolate(ranked: dict[int, float], count: int, fraction: float) -> float:
+    """Linear interpolation between order statistics (PostgreSQL's percentile_cont)."""
+    position = fraction * (count - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
+
+
+class SqlHistoryRepository:
+    """The :class:`HistoryRepository` of :class:`SqlBackend`, answered by the database."""
+
+    def __init__(self, backend: SqlBackend) -> None:
+        self._backend = backend
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record with this id, or ``None``."""
+
+        async def work(conn: AsyncConnection) -> TaskRecord | None:
+            row = (await conn.execute(sa.select(history).where(_h.task_id == task_id))).first()
+            return None if row is None else from_history_row(row._mapping)
+
+        return await run_read(self._backend.engine, work, f"reading task {task_id!r}")
+
+    async def query(
+        self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """Records matching ``filter``, newest first, at most ``limit``; pass the page's
+        ``next_cursor`` back as ``cursor`` for the next (older) page."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        clauses = where_clauses(filter)
+        if cursor:
+            clauses.append(_after(cursor))
+        statement = (
+            sa.select(history)
+            .where(*clauses)
+            .order_by(_h.created_at.desc(), _h.task_id.desc())
+            .limit(limit + 1)
+        )
+
+        async def work(conn: AsyncConnection) -> list[TaskRecord]:
+            result = await conn.execute(statement)
+            return [from_history_row(row) for row in result.mappings()]
+
+        records = await run_read(self._backend.engine, work, "querying task history")
+        if len(records) <= limit:
+            return TaskPage(items=records, next_cursor=None)
+        items = records[:limit]
+        return TaskPage(items=items, next_cursor=_cursor.encode(items[-1]))
+
+    async def count(self, filter: TaskFilter) -> int:
+        """How many records match ``filter``."""
+        statement = sa.select(sa.func.count()).select_from(history).where(*where_clauses(filter))
+
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(statement)).scalar_one())
+
+        return await run_read(self._backend.engine, work, "counting task history")
+
+    async def stats(self, filter: TaskFilter) -> list[FunctionStats]:
+        """Per-function totals, success rate and duration percentiles (p50/p95/p99,
+        interpolated like ``percentile_cont``) over the records matching ``filter``.
+
+        ``success_rate`` is ``success / (success + failed)``, ``None`` when neither.
+        """
+        clauses = where_clauses(filter)
+
+        async def work(conn: AsyncConnection) -> list[FunctionStats]:
+            totals = (await conn.execute(_totals_statement(clauses))).all()
+            ranked = await _ranked_durations(conn, clauses)
+            return [_function_stats(row, ranked.get(row.func_name, {})) for row in totals]
+
+        return await run_read(self._backend.engine, work, "computing task statistics")
+
+
+def _totals_statement(clauses: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
+    def status_count(status: TaskStatus) -> sa.ColumnElement[Any]:
+        return sa.func.coalesce(sa.func.sum(sa.case((_h.status == status.value, 1), else_=0)), 0)
+
+    return (
+        sa.select(
+            _h.func_name,
+            sa.func.count().label("total"),
+            status_count(TaskStatus.SUCCESS).label("success"),
+            status_count(TaskStatus.FAILED).label("failed"),
+            sa.func.count(_h.duration).label("timed"),
+            sa.func.avg(_h.duration).label("duration_avg"),
+        )
+        .where(*clauses)
+        .group_by(_h.func_name)
+        .order_by(_h.func_name)
+    )
+
+
+async def _ranked_durations(
+    conn: AsyncConnection, clauses: list[sa.ColumnElement[bool]]
+) -> dict[str, dict[int, float]]:
+    """For each function, the durations at the ranks the percentiles need (0-based).
+
+    The database ranks the durations with window functions and returns only the rows around
+    each percentile's position, so no function's whole history crosses the wire.
+    """
+    ranked = (
+        sa.select(
+            _h.func_name,
+            _h.duration,
+            (sa.func.row_number().over(partition_by=_h.func_name, order_by=_h.duration) - 1).label(
+                "rank"
+            ),
+            sa.func.count().over(partition_by=_h.func_name).label("n"),
+        )
+        .where(_h.duration.is_not(None), *clauses)
+        .subquery("ranked")
+    )
+    near = [
+        sa.between(ranked.c.rank, fraction * (ranked.c.n - 1) - 1, fraction * (ranked.c.n - 1) + 1)
+        for fraction in PERCENTILES
+    ]
+    statement = sa.select(ranked.c.func_name, ranked.c.rank, ranked.c.duration).where(sa.or_(*near))
+    found: dict[str, dict[int, float]] = defaultdict(dict)
+    for func_name, rank, duration in await conn.execute(statement):
+        found[func_name][int(rank)] = float(duration)
+    return found
+
+
+def _function_stats(row: Any, ranked: dict[int, float]) -> FunctionStats:
+    success, failed, timed = int(row.success), int(row.failed), int(row.timed)
+    finished = success + failed
+    percentiles: list[float | None] = [
+        _interpolate(ranked, timed, fraction) if timed else None for fraction in PERCENTILES
+    ]
+    return FunctionStats(
+        func_name=row.func_name,
+        total=int(row.total),
+        success=success,
+        failed=failed,
+        success_rate=success / finished if finished else None,
+        duration_p50=percentiles[0],
+        duration_p95=percentiles[1],
+        duration_p99=percentiles[2],
+        duration_avg=None if row.duration_avg is None else float(row.duration_avg),
+    )

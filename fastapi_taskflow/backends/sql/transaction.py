@@ -1,0 +1,78 @@
+"""Running units of work: transient errors retried, writes shielded, driver errors translated.
+
+A unit of work is an async function of one :class:`AsyncConnection`. Writes run in one
+transaction that a cancelled caller cannot cut short: the transaction runs in its own task
+and the caller awaits it through :func:`asyncio.shield`, so it commits or rolls back whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..._errors import BackendError
+from .dialect import for_writing, is_transient
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+
+
+def describe(engine: AsyncEngine) -> str:
+    """``dialect database`` for messages, password hidden."""
+    return f"{engine.dialect.name} {engine.url.render_as_string(hide_password=True)}"
+
+
+def translate(exc: BaseException, what: str, engine: AsyncEngine) -> BackendError:
+    """The :class:`BackendError` to raise ``from exc`` at the storage boundary."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BackendError(f"{what} failed on {describe(engine)}: {detail}")
+
+
+async def _attempts(engine: AsyncEngine, work: Work[T], what: str, *, write: bool) -> T:
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            async with engine.connect() as conn:
+                if write:
+                    await for_writing(conn)
+                async with conn.begin():
+                    return await work(conn)
+        except (SQLAlchemyError, OSError) as exc:
+            if delay is None or not is_transient(exc):
+                raise translate(exc, what, engine) from exc
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def run_read(engine: AsyncEngine, work: Work[T], what: str) -> T:
+    """Run ``work`` in a transaction; retry transient failures a few times."""
+    return await _attempts(engine, work, what, write=False)
+
+
+class WriteGuard:
+    """Runs write transactions shielded from cancellation and remembers those in flight."""
+
+    def __init__(self) -> None:
+        self._inflight: set[asyncio.Task[object]] = set()
+
+    async def run(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+        """Run ``work`` in one write transaction that commits or rolls back whole."""
+        task: asyncio.Task[T] = asyncio.ensure_future(_attempts(engine, work, what, write=True))
+        self._inflight.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that was cancelled no longer awaits it
+
+    async def drain(self) -> None:
+        """Wait for every write still in flight (before the engine is disposed)."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
