@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from fastapi_taskflow.backends.sql.dialect import create_engine, migration_lock
-from fastapi_taskflow.backends.sql.tables import TABLE_NAMES, VERSION_TABLE, metadata
+from fastapi_taskflow.backends.sql.tables import TABLE_NAMES, VERSION_TABLE, UTCDateTime, metadata
 from fastapi_taskflow.backends.sql.urls import make_async_url
 
 config = context.config
@@ -41,11 +41,20 @@ def include_object(
     return table is None or table.name in TABLE_NAMES
 
 
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Autogenerate writes UTCDateTime as plain SQLAlchemy types: revisions stay frozen."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        autogen_context.imports.add("from sqlalchemy.dialects import mysql")
+        return 'sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")'
+    return False
+
+
 def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=metadata,
         version_table=VERSION_TABLE,
         include_object=include_object,
+        render_item=render_item,
         compare_type=True,
         **kwargs,
     )
