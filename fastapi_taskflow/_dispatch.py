@@ -41,10 +41,12 @@ class Dispatcher:
         queues: dict[str, QueueConfig],
         max_concurrent: int,
         run: Callable[[Job], Coroutine[Any, Any, None]],
+        abandoned: Callable[[Job], None],
     ) -> None:
         self._lanes = {name: _Lane(config) for name, config in queues.items()}
         self._max_concurrent = max_concurrent
         self._run = run
+        self._abandoned = abandoned
         self._seq = itertools.count()
         self.running: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +114,8 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None], *, job: Job) -> None:
         self._tasks.discard(task)
+        if job.stage is not Stage.DONE:  # cancelled before its coroutine even started
+            self._abandoned(job)
         self.finished(job)
 
     def finished(self, job: Job) -> None:

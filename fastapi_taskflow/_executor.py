@@ -37,16 +37,20 @@ class Executor:
         self._on_change = on_change
         self._on_terminal = on_terminal
 
+    def abandoned(self, job: Job) -> None:
+        """End a job whose asyncio task was cancelled before it could run."""
+        if job.cancel_reason is not None:
+            self.finish(job, TaskStatus.CANCELLED, job.cancel_reason)
+        else:
+            self.finish(job, TaskStatus.INTERRUPTED, "interrupted: the application shut down")
+
     async def run(self, job: Job) -> None:
         """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted."""
         try:
             await self._attempts(job)
         except asyncio.CancelledError:
-            if job.cancel_reason is not None:
-                self.finish(job, TaskStatus.CANCELLED, job.cancel_reason)
-                return
-            self.finish(job, TaskStatus.INTERRUPTED, "interrupted: the application shut down")
-            if not job.interrupted:
+            self.abandoned(job)
+            if job.cancel_reason is None and not job.interrupted:
                 raise
         finally:
             if job.stage is not Stage.DONE:  # a BaseException such as SystemExit escaped

@@ -38,6 +38,7 @@ class Flusher:
         self._max_buffer = max_buffer
         self._dirty: dict[str, TaskRecord] = {}
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.written = 0
@@ -67,11 +68,14 @@ class Flusher:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="taskflow-flusher")
 
     async def stop(self) -> None:
-        """Stop the periodic loop and write everything still buffered."""
+        """Stop the periodic loop (after a write in flight) and write what is buffered.
+
+        The loop is asked to stop rather than cancelled, so a write is never cut in half.
+        """
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            self._wake.set()
+            await self._task
             self._task = None
         await self.flush()
 
@@ -96,20 +100,25 @@ class Flusher:
     async def _loop(self) -> None:
         failures = 0
         while True:
+            # Healthy: sleep until a SUCCESS/FAILED arrives or the interval passes. Failing:
+            # back off, and let nothing but a stop request cut the wait short.
+            if failures:
+                event, wait = self._stopping, min(0.5 * 2 ** (failures - 1), 30.0)
+            else:
+                event, wait = self._wake, self._interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._wake.wait()
+                async with asyncio.timeout(wait):
+                    await event.wait()
+            if self._stopping.is_set():
+                return
             self._wake.clear()
             try:
                 await self.flush()
                 failures = 0
             except Exception as exc:
                 failures += 1
-                wait = min(0.5 * 2 ** (failures - 1), 30.0)
                 logger.warning(
-                    "fastapi-taskflow: saving %d records failed (%s); retrying in %.1fs",
+                    "fastapi-taskflow: saving %d records failed (%s); retrying with backoff",
                     self.backlog,
                     exc,
-                    wait,
                 )
-                await asyncio.sleep(wait)

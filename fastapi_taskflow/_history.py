@@ -173,15 +173,22 @@ class TaskHistory:
         live: Callable[[], Iterable[TaskRecord]],
         stored: HistoryRepository | None,
         unsaved: Callable[[], set[str]],
+        lookup: Callable[[str], TaskRecord | None],
     ) -> None:
         self._live = RecordsRepository(live)
+        self._lookup = lookup
         self._live_records = live
         self._stored = stored
         self._unsaved = unsaved
 
+    def attach(self, stored: HistoryRepository) -> None:
+        """Read saved history from ``stored`` too (done at start-up, once the backend is
+        open)."""
+        self._stored = stored
+
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record with ``task_id``, or ``None``."""
-        record = await self._live.get(task_id)
+        record = self._lookup(task_id)
         if record is None and self._stored is not None:
             record = await self._stored.get(task_id)
         return record

@@ -161,14 +161,18 @@ class TaskManager:
         self._executor: Executor | None = None
         self._flusher: Flusher | None = None
         self._orphans: list[TaskRecord] = []
-        stored = None
-        if snapshot_backend is not None:
-            stored = snapshot_backend.history() or LoadingRepository(snapshot_backend)
         self.history = TaskHistory(
             live=lambda: itertools.chain((job.record for job in self.store), self._orphans),
-            stored=stored,
+            stored=None,
             unsaved=lambda: set(self._flusher._dirty) if self._flusher else set(),
+            lookup=self._lookup,
         )
+
+    def _lookup(self, task_id: str) -> TaskRecord | None:
+        job = self.store.get(task_id)
+        if job is not None:
+            return job.record
+        return next((r for r in self._orphans if r.task_id == task_id), None)
 
     # ------------------------------------------------------------------ registration
 
@@ -277,9 +281,12 @@ class TaskManager:
             on_change=lambda job: self.store.changed(job.record),
             on_terminal=self._on_terminal,
         )
-        self._dispatcher = Dispatcher(self._queues, self.max_concurrent_tasks, self._executor.run)
+        self._dispatcher = Dispatcher(
+            self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned
+        )
         if self.backend is not None:
             await self.backend.open()
+            self.history.attach(self.backend.history() or LoadingRepository(self.backend))
             self._flusher = Flusher(self.backend, interval=self.snapshot_interval)
         self._state = _State.RUNNING
         if self.backend is not None:

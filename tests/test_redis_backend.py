@@ -135,6 +135,19 @@ def test_bad_url_is_a_configuration_error(url: str) -> None:
         RedisBackend(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "redis://localhost",
+        "rediss://user:pw@cache.example.com:6380/3",
+        "unix:///run/redis/redis.sock?db=1",
+    ],
+)
+def test_good_urls_construct(url: str) -> None:
+    RedisBackend(url)
+
+
 def test_bad_options_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="prefix"):
         RedisBackend("redis://localhost", prefix="")
@@ -151,6 +164,9 @@ def test_error_message_hides_the_password() -> None:
 
 
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastapi_taskflow.backends as package
+
+    monkeypatch.setattr(package, "redis", package.redis)  # restored after the re-import
     monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.delitem(sys.modules, "fastapi_taskflow.backends.redis")
     module = importlib.import_module("fastapi_taskflow.backends.redis")
@@ -293,7 +309,7 @@ async def test_status_change_moves_the_record_between_indexes(
     success = TaskFilter(statuses=(TaskStatus.SUCCESS,), func_name=func)
     assert await repo.count(success) == 1
     assert_same((await repo.query(success)).items[0], done)
-    assert await raw.zscore(f"tf:h:ix:st:failed", "task-1") is None
+    assert await raw.zscore("tf:h:ix:st:failed", "task-1") is None
     assert await raw.zscore(f"tf:h:ix:sf:failed:{func}", "task-1") is None
     assert await raw.zscore(f"tf:h:ix:sf:success:{func}", "task-1") is not None
     assert await raw.zcard("tf:h:ix:all") == 1
@@ -302,7 +318,7 @@ async def test_status_change_moves_the_record_between_indexes(
 async def test_every_key_lives_under_the_prefix(backend: RedisBackend, raw: aioredis.Redis) -> None:
     await backend.save([full_record("h1"), full_record("h2", status=TaskStatus.SUCCESS)])
     await backend.save_pending([full_record("p1", status=TaskStatus.PENDING)])
-    keys = await raw.keys("*")
+    keys = [str(k) for k in await raw.keys("*")]
     assert keys and all(k.startswith("tf:") for k in keys)
     history = [k for k in keys if k.startswith("tf:h:")]
     pending = [k for k in keys if k.startswith("tf:p:")]

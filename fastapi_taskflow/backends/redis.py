@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from .. import _cursor
 from .._errors import BackendError, ConfigurationError, MissingDriverError, NotStartedError
+from .._history import stats_of
 from .._models import FunctionStats, TaskFilter, TaskPage, TaskRecord, TaskStatus
 from .base import SnapshotBackend
 
@@ -46,7 +47,6 @@ else:
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
-    from redis.commands.core import AsyncScript
 
 __all__ = ["RedisBackend", "RedisHistoryRepository"]
 
@@ -54,6 +54,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _CHUNK = 5_000  # members or key/value pairs per variadic command
+_TX_RECORDS = 10_000  # records per save transaction
 _MGET_CHUNK = 1_000
 _MAX_SCAN_BATCH = 2_000
 
@@ -196,7 +197,8 @@ def _shape(record: TaskRecord) -> _Shape:
 
 
 # Removes the task ids in ARGV from every sorted set in KEYS (unpack is capped by Lua's
-# stack, hence the slices). One call replaces a ZREM per set with a copy of every id.
+# stack, hence the slices). One call replaces a ZREM per set with a copy of every id. Sent
+# with EVAL, which Redis caches by digest: no SCRIPT LOAD round trip, no NOSCRIPT case.
 _UNINDEX_LUA = """
 for _, key in ipairs(KEYS) do
   for i = 1, #ARGV, 4000 do
@@ -217,6 +219,9 @@ class RedisBackend(SnapshotBackend):
     Every key lives under ``prefix:``, so several applications can share one database.
     Pass ``client=`` to reuse a ``redis.asyncio.Redis`` you own: the backend then never
     closes it, and ``url`` only names the server in messages.
+
+    A task's ``func_name``, ``queue``, ``tags`` and ``created_at`` are fixed when it is
+    added; its status changes. Re-saving a task moves it between the status indexes.
 
     ``history_ttl_s`` keeps history for that many seconds after a task's ``created_at``.
     Older records disappear from every read at once and are deleted, with their index
@@ -248,14 +253,13 @@ class RedisBackend(SnapshotBackend):
                 f"RedisBackend history_ttl_s must be a positive number of seconds or None, "
                 f"got {history_ttl_s!r}"
             )
-        self.url = url
+        self._url = url
         self.display_url = _display_url(url)
         self.prefix = prefix
         self.history_ttl_s = history_ttl_s
         self._keys = _Keys(prefix)
         self._given_client = client
         self._client: aioredis.Redis | None = None
-        self._unindex_script: AsyncScript | None = None
         self._repository = RedisHistoryRepository(self)
 
     def __repr__(self) -> str:
@@ -267,7 +271,7 @@ class RedisBackend(SnapshotBackend):
         """Create the client and check the server answers PING."""
         if self._client is not None:
             return
-        client = self._given_client or aioredis.Redis.from_url(self.url)
+        client = self._given_client or aioredis.Redis.from_url(self._url)
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
@@ -278,7 +282,6 @@ class RedisBackend(SnapshotBackend):
                 "running and the URL, password and database number are right."
             ) from exc
         self._client = client
-        self._unindex_script = client.register_script(_UNINDEX_LUA)
 
     async def close(self) -> None:
         """Close the client this backend created (a client passed in stays open)."""
@@ -290,20 +293,27 @@ class RedisBackend(SnapshotBackend):
     # ------------------------------------------------------------------ history writes
 
     async def save(self, records: list[TaskRecord]) -> int:
-        """Upsert records and their index entries in one MULTI/EXEC transaction.
+        """Upsert records and their index entries, in MULTI/EXEC transactions.
 
-        The transaction means no reader sees a record half-indexed or a status change
+        A transaction means no reader sees a record half-indexed or a status change
         half-applied (out of the old status sets but not yet in the new one); it costs two
-        extra commands. Writes are variadic, one MSET/ZADD per index set and chunk rather
-        than per record, and arguments are encoded once, so a large flush stays cheap on
-        the client, which is where a pipeline spends its time.
+        extra commands. Up to 10,000 records go in one transaction, so a huge flush blocks
+        the server for tens of milliseconds at a time rather than for the whole batch.
+        Writes are variadic (one MSET or ZADD per index set, not per record) and encoded
+        once, which keeps the client, where a pipeline spends its time, cheap.
         """
-        if not records:
-            return 0
+        latest = list({r.task_id: r for r in records}.values())
+        for part in _chunks(latest, _TX_RECORDS):
+            await self._save_transaction(part)
+        if records and self.history_ttl_s is not None:
+            await self._prune()
+        return len(records)
+
+    async def _save_transaction(self, records: Sequence[TaskRecord]) -> None:
         keys = self._keys
         payloads: list[str] = []
         shapes: dict[_Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
-        for record in {r.task_id: r for r in records}.values():
+        for record in records:
             payloads += (keys.record(record.task_id), record.model_dump_json())
             pair = (str(_micros(record.created_at)).encode(), record.task_id.encode())
             shapes[_shape(record)] += pair
@@ -318,17 +328,12 @@ class RedisBackend(SnapshotBackend):
             async with client.pipeline(transaction=True) as pipe:
                 # A re-saved task may have changed status: drop it from the other statuses.
                 for (status, func_name), ids in stale.items():
-                    for part in _chunks(ids, _CHUNK):
-                        await self._unindex(keys.other_statuses(status, func_name), part, pipe)
-                for part in _chunks(payloads, 2 * _CHUNK):
-                    pipe.execute_command("MSET", *part)
+                    others = keys.other_statuses(status, func_name)
+                    pipe.eval(_UNINDEX_LUA, len(others), *others, *ids)
+                pipe.execute_command("MSET", *payloads)
                 for key, pairs in adds.items():
-                    for part in _chunks(pairs, 2 * _CHUNK):
-                        pipe.execute_command("ZADD", key, *part)
+                    pipe.execute_command("ZADD", key, *pairs)
                 await pipe.execute()
-        if self.history_ttl_s is not None:
-            await self._prune()
-        return len(records)
 
     async def delete(self, task_ids: Sequence[str]) -> int:
         """Remove records and their index entries; return how many records existed."""
@@ -363,9 +368,14 @@ class RedisBackend(SnapshotBackend):
         while True:
             with self._errors("prune expired history"):
                 expired = await self._require().zrange(
-                    self._keys.all, f"({cutoff}", "-inf", desc=True, byscore=True,
-                    offset=0, num=1_000,
-                )  # fmt: skip
+                    self._keys.all,
+                    f"({cutoff}",
+                    "-inf",
+                    desc=True,
+                    byscore=True,
+                    offset=0,
+                    num=1_000,
+                )
             if not expired:
                 return
             await self.delete(_ids(expired))
@@ -375,8 +385,9 @@ class RedisBackend(SnapshotBackend):
     async def load(self) -> list[TaskRecord]:
         """Every history record, oldest first."""
         with self._errors("load"):
-            ids = await self._require().zrange(self._keys.all, "+inf", self._lower(None),
-                                               desc=True, byscore=True)  # fmt: skip
+            ids = await self._require().zrange(
+                self._keys.all, "+inf", self._lower(None), desc=True, byscore=True
+            )
         records = await self._fetch(_ids(reversed(ids)))
         return [r for r in records if r is not None]
 
@@ -428,11 +439,6 @@ class RedisBackend(SnapshotBackend):
             await self._require().delete(self._keys.pending)
 
     # ------------------------------------------------------------------ helpers
-
-    async def _unindex(self, keys: list[str], ids: Sequence[bytes], pipe: Pipeline) -> None:
-        """Queue the removal of ``ids`` from the sorted sets ``keys`` on ``pipe``."""
-        assert self._unindex_script is not None
-        await self._unindex_script(keys=keys, args=ids, client=pipe)
 
     def _require(self) -> aioredis.Redis:
         if self._client is None:
@@ -489,8 +495,17 @@ class _Stream:
             top = f"({self.upper_exclusive}"
         else:
             top = "+inf"
-        pipe.zrange(self.key, top, self.lower, desc=True, byscore=True, withscores=True,
-                    offset=self.offset, num=size, score_cast_func=_score)  # fmt: skip
+        pipe.zrange(
+            self.key,
+            top,
+            self.lower,
+            desc=True,
+            byscore=True,
+            withscores=True,
+            offset=self.offset,
+            num=size,
+            score_cast_func=_score,
+        )
 
     def absorb(self, rows: list[tuple[bytes | str, int]], size: int) -> None:
         self.done = len(rows) < size
@@ -615,18 +630,14 @@ class RedisHistoryRepository:
         return total
 
     async def stats(self, filter: TaskFilter) -> list[FunctionStats]:
-        """Per-function totals, success rate and duration percentiles over matches.
-
-        ``success_rate`` is success / (success + failed), ``None`` when neither occurred.
-        Percentiles interpolate linearly between ranks (like ``percentile_cont``).
+        """Per-function totals, success rate and duration percentiles over the matches,
+        computed exactly as for in-memory history (:func:`fastapi_taskflow._history.stats_of`).
         """
-        plan = await self._plan(filter)
-        per_func: dict[str, list[TaskRecord]] = defaultdict(list)
-        async for batch in self._matching_ids(plan):
-            for record in await self._backend._fetch(batch):
-                if record is not None and filter.matches(record):
-                    per_func[record.func_name].append(record)
-        return [_function_stats(name, per_func[name]) for name in sorted(per_func)]
+        matching: list[TaskRecord] = []
+        async for batch in self._matching_ids(await self._plan(filter)):
+            records = await self._backend._fetch(batch)
+            matching += (r for r in records if r is not None and filter.matches(r))
+        return stats_of(matching)
 
     # ------------------------------------------------------------------ planning
 
@@ -708,34 +719,3 @@ class RedisHistoryRepository:
             replies = replies[len(group) :]
             keep = [k and m for k, m in zip(keep, member, strict=True)]
         return [i for i, k in zip(ids, keep, strict=True) if k]
-
-
-def _percentile(ordered: list[float], fraction: float) -> float:
-    position = (len(ordered) - 1) * fraction
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _function_stats(func_name: str, records: Iterable[TaskRecord]) -> FunctionStats:
-    total = success = failed = 0
-    durations: list[float] = []
-    for record in records:
-        total += 1
-        success += record.status == TaskStatus.SUCCESS
-        failed += record.status == TaskStatus.FAILED
-        if record.duration is not None:
-            durations.append(record.duration)
-    durations.sort()
-    finished = success + failed
-    return FunctionStats(
-        func_name=func_name,
-        total=total,
-        success=success,
-        failed=failed,
-        success_rate=success / finished if finished else None,
-        duration_p50=_percentile(durations, 0.50) if durations else None,
-        duration_p95=_percentile(durations, 0.95) if durations else None,
-        duration_p99=_percentile(durations, 0.99) if durations else None,
-        duration_avg=sum(durations) / len(durations) if durations else None,
-    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 
 from .._errors import (
     ConfigurationError,
@@ -19,20 +20,29 @@ from .._history import MAX_LIMIT, make_filter
 from .._manager import TaskManager
 from .._models import TaskFilter, TaskRecord, TaskStatus
 from ._schemas import (
+    TASK_ID_PATTERN,
+    BulkErrorOut,
+    BulkRetryIn,
+    BulkRetryOut,
     ErrorOut,
     FunctionOut,
     MetricsOut,
     QueueDepthOut,
+    ReplayIn,
     RetryOut,
     StatsOut,
     TaskListOut,
     TaskOut,
+    TaskRowOut,
+    TaskRowsOut,
 )
 
-TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=TASK_ID_PATTERN)]
+Guard = Callable[..., Awaitable[Any]]
 
 
-def _utc(stamp: datetime | None) -> datetime | None:
+def utc(stamp: datetime | None) -> datetime | None:
+    """Naive datetimes from query strings are taken as UTC."""
     if stamp is not None and stamp.tzinfo is None:
         return stamp.replace(tzinfo=UTC)
     return stamp
@@ -40,7 +50,11 @@ def _utc(stamp: datetime | None) -> datetime | None:
 
 def _parse_tags(values: list[str]) -> dict[str, str]:
     tags: dict[str, str] = {}
+    if len(values) > 20:
+        raise HTTPException(422, "at most 20 tag filters")
     for value in values:
+        if len(value) > 300:
+            raise HTTPException(422, "a tag filter is at most 300 characters")
         key, sep, tag_value = value.partition(":")
         if not sep or not key:
             raise HTTPException(422, f"tag filter {value!r} must look like key:value")
@@ -48,7 +62,7 @@ def _parse_tags(values: list[str]) -> dict[str, str]:
     return tags
 
 
-def _http_error(exc: TaskflowError) -> HTTPException:
+def http_error(exc: TaskflowError) -> HTTPException:
     if isinstance(exc, TaskNotFoundError):
         return HTTPException(404, str(exc))
     if isinstance(exc, InvalidTaskStateError | UnknownTaskError):
@@ -60,9 +74,41 @@ def _http_error(exc: TaskflowError) -> HTTPException:
     return HTTPException(503, str(exc))
 
 
-def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
-    """The API routes, relative to the admin path."""
-    router = APIRouter(tags=["fastapi-taskflow"], responses={404: {"model": ErrorOut}})
+async def task_filter(
+    status: Annotated[list[TaskStatus] | None, Query(description="Any of these statuses")] = None,
+    func_name: Annotated[str | None, Query(max_length=255)] = None,
+    queue: Annotated[str | None, Query(max_length=128)] = None,
+    tag: Annotated[list[str] | None, Query(description="key:value, all must match")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after")] = None,
+    until: Annotated[datetime | None, Query(description="Created before")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Text in id, function, error")
+    ] = None,
+) -> TaskFilter:
+    """The filters shared by the list, the table rows and the CSV export."""
+    try:
+        return make_filter(
+            status=status,
+            func_name=func_name or None,
+            queue=queue or None,
+            tags=_parse_tags(tag or []),
+            since=utc(since),
+            until=utc(until),
+            text=q,
+        )
+    except ConfigurationError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+Filter = Annotated[TaskFilter, Depends(task_filter)]
+Cursor = Annotated[str | None, Query(max_length=400)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+def build_router(manager: TaskManager, *, display_func_args: bool, actor: Guard) -> APIRouter:
+    """The API routes, relative to the admin path. ``actor`` guards state-changing ones."""
+    router = APIRouter(responses={404: {"model": ErrorOut}})
+    acting: list[Any] = [Depends(actor)]
 
     def out(record: TaskRecord) -> TaskOut:
         data = record.model_dump()
@@ -70,36 +116,27 @@ def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
             data["args"] = data["kwargs"] = None
         return TaskOut.model_validate(data)
 
-    @router.get("", response_model=TaskListOut, summary="List tasks, newest first")
-    async def list_tasks(
-        status: Annotated[
-            list[TaskStatus] | None, Query(description="Any of these statuses")
-        ] = None,
-        func_name: Annotated[str | None, Query(max_length=255)] = None,
-        queue: Annotated[str | None, Query(max_length=128)] = None,
-        tag: Annotated[list[str] | None, Query(description="key:value, all must match")] = None,
-        since: Annotated[datetime | None, Query(description="Created at or after")] = None,
-        until: Annotated[datetime | None, Query(description="Created before")] = None,
-        q: Annotated[
-            str | None, Query(max_length=200, description="Text in id, function, error")
-        ] = None,
-        cursor: Annotated[str | None, Query(max_length=400)] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    ) -> TaskListOut:
+    async def page(filter: TaskFilter, limit: int, cursor: str | None) -> Any:
         try:
-            filter = make_filter(
-                status=status,
-                func_name=func_name,
-                queue=queue,
-                tags=_parse_tags(tag or []),
-                since=_utc(since),
-                until=_utc(until),
-                text=q,
-            )
-            page = await manager.history.query_filter(filter, limit=limit, cursor=cursor)
+            return await manager.history.query_filter(filter, limit=limit, cursor=cursor)
         except TaskflowError as exc:
-            raise _http_error(exc) from exc
-        return TaskListOut(items=[out(r) for r in page.items], next_cursor=page.next_cursor)
+            raise http_error(exc) from exc
+
+    @router.get("", response_model=TaskListOut, summary="List tasks, newest first")
+    async def list_tasks(filter: Filter, cursor: Cursor = None, limit: Limit = 50) -> TaskListOut:
+        found = await page(filter, limit, cursor)
+        return TaskListOut(items=[out(r) for r in found.items], next_cursor=found.next_cursor)
+
+    @router.get(
+        "/rows",
+        response_model=TaskRowsOut,
+        summary="List tasks as table rows (no arguments, logs or stack traces)",
+    )
+    async def list_rows(filter: Filter, cursor: Cursor = None, limit: Limit = 50) -> TaskRowsOut:
+        found = await page(filter, limit, cursor)
+        return TaskRowsOut(
+            items=[TaskRowOut.of(r) for r in found.items], next_cursor=found.next_cursor
+        )
 
     @router.get("/metrics", response_model=MetricsOut, summary="Counts by status and queue depths")
     async def metrics() -> MetricsOut:
@@ -142,10 +179,57 @@ def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
         since: Annotated[datetime | None, Query()] = None,
     ) -> StatsOut:
         try:
-            found = await manager.history.stats(func_name=func_name, since=_utc(since))
+            found = await manager.history.stats(func_name=func_name, since=utc(since))
         except TaskflowError as exc:
-            raise _http_error(exc) from exc
+            raise http_error(exc) from exc
         return StatsOut(functions=found)
+
+    async def retry_all(task_ids: list[str]) -> BulkRetryOut:
+        result = BulkRetryOut(retried=[], errors=[])
+        for task_id in dict.fromkeys(task_ids):
+            try:
+                new_id = await manager.retry(task_id)
+            except TaskflowError as exc:
+                result.errors.append(BulkErrorOut(task_id=task_id, detail=str(exc)))
+            else:
+                result.retried.append(RetryOut(task_id=new_id, retry_of=task_id))
+        return result
+
+    @router.post(
+        "/retry",
+        response_model=BulkRetryOut,
+        dependencies=acting,
+        summary="Run several tasks again; each one that cannot be retried is listed in errors",
+    )
+    async def retry_many(body: Annotated[BulkRetryIn, Body()]) -> BulkRetryOut:
+        return await retry_all(body.task_ids)
+
+    @router.post(
+        "/replay",
+        response_model=BulkRetryOut,
+        dependencies=acting,
+        summary="Run again the failed tasks created since a time (at most `limit`)",
+    )
+    async def replay(body: Annotated[ReplayIn, Body()]) -> BulkRetryOut:
+        try:
+            filter = make_filter(
+                status=TaskStatus.FAILED,
+                func_name=body.func_name,
+                queue=body.queue,
+                since=utc(body.since),
+                until=utc(body.until),
+            )
+        except ConfigurationError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        task_ids: list[str] = []
+        cursor = None
+        while len(task_ids) < body.limit:
+            found = await page(filter, min(MAX_LIMIT, body.limit - len(task_ids)), cursor)
+            task_ids += [r.task_id for r in found.items]
+            cursor = found.next_cursor
+            if cursor is None:
+                break
+        return await retry_all(task_ids)
 
     @router.get("/{task_id}", response_model=TaskOut, summary="One task")
     async def get_task(task_id: TaskId) -> TaskOut:
@@ -157,6 +241,7 @@ def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
     @router.post(
         "/{task_id}/retry",
         response_model=RetryOut,
+        dependencies=acting,
         responses={409: {"model": ErrorOut}},
         summary="Run a failed, cancelled, interrupted or rejected task again",
     )
@@ -164,12 +249,13 @@ def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
         try:
             new_id = await manager.retry(task_id)
         except TaskflowError as exc:
-            raise _http_error(exc) from exc
+            raise http_error(exc) from exc
         return RetryOut(task_id=new_id, retry_of=task_id)
 
     @router.post(
         "/{task_id}/cancel",
         response_model=TaskOut,
+        dependencies=acting,
         responses={409: {"model": ErrorOut}},
         summary="Cancel a pending or running task",
     )
@@ -177,7 +263,7 @@ def build_router(manager: TaskManager, *, display_func_args: bool) -> APIRouter:
         try:
             record = await manager.cancel(task_id)
         except TaskflowError as exc:
-            raise _http_error(exc) from exc
+            raise http_error(exc) from exc
         return out(record)
 
     return router

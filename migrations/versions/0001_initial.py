@@ -94,13 +94,14 @@ def upgrade() -> None:
         sa.Column("task_id", sa.String(length=64), nullable=False),
         sa.Column("key", sa.String(length=128), nullable=False),
         sa.Column("value", sa.String(length=255), nullable=False),
+        sa.Column("created_at", _timestamp(), nullable=False),
         sa.PrimaryKeyConstraint("task_id", "key", name=op.f("pk_taskflow_history_tags")),
         **MYSQL_TABLE_OPTIONS,
     )
     op.create_index(
         "ix_taskflow_history_tags_lookup",
         "taskflow_history_tags",
-        ["key", "value", "task_id"],
+        ["key", "value", "created_at", "task_id"],
     )
 
     op.create_table(

@@ -1,29 +1,37 @@
-"""Core throughput and memory benchmark.
+"""Core throughput and memory benchmark (issue 2, acceptance 4; issue 3, acceptance 4).
 
     python tests/benchmarks/bench_core.py                      # memory + every usable backend
-    python tests/benchmarks/bench_core.py --backend memory     # in-memory only (fast)
+    python tests/benchmarks/bench_core.py --backend memory     # in-memory only
     python tests/benchmarks/bench_core.py --tasks 20000 --per-request 20 --backend sqlite
+    python tests/benchmarks/bench_core.py --quick              # a smoke run in ~1 minute
 
 Throughput: N no-op async tasks are added through a real HTTP route, P per request, with
 ``background_tasks.add_task(noop, item=i)``. The app runs under uvicorn in a subprocess on a
-loopback port; this process is the client (httpx.AsyncClient, a bounded number of
-concurrent requests). Throughput is N divided by the time from the first request sent until
-the last task has finished (the task itself counts completions and stamps the moment the
-N-th one ends; CLOCK_MONOTONIC is shared by every process on Linux). Variants:
+loopback port; this process is the client, with a bounded number of concurrent connections.
+Throughput is N divided by the time from the first request sent until the last task has
+finished (the task counts completions and stamps the moment the N-th one ends;
+CLOCK_MONOTONIC is shared by all processes on Linux). Variants:
 
 * ``starlette``: plain FastAPI/Starlette ``BackgroundTasks`` (the tasks run one after another
   inside the request cycle, after the response);
 * ``taskflow``: the same route and annotation with ``TaskAdmin(app, tm, auto_install=True)``
   (the drop-in path), tasks handed to the manager's executor; ``registered`` uses
   ``@tm.task()``, ``unregistered`` passes the bare function;
-* ``taskflow`` with ``TaskManager(database_url=...)`` for each backend, with the task
-  registered ``persist=False`` and ``persist=True``, compared with in-memory.
+* ``taskflow`` with ``TaskManager(database_url=...)`` for each backend, the task registered
+  ``persist=False`` and ``persist=True``, compared with taskflow in memory.
 
-Each server process is warmed up before its measured run; every variant runs ``--repeat``
-times (interleaved) in fresh server processes and the median is reported. For taskflow, the
-server confirms through ``task_manager.history.count(status="success")`` that all N tasks
-succeeded; with a backend it also reports the time until ``task_manager.flush()`` has
-written every record ("durable").
+Two clients: ``httpx`` (httpx.AsyncClient) and ``raw`` (hand-written HTTP/1.1 over asyncio
+streams). httpx costs more CPU per request than the plain Starlette server does, so with it
+the client is the bottleneck of the Starlette row; the raw client leaves the server as the
+bottleneck and so compares the server-side cost. Both run by default (``--client``).
+
+Each server is warmed up first (by default with ``max_records`` tasks, so the in-memory store
+is full and evicting during the measured run, as in a server that has been up a while);
+each variant runs ``--repeat`` times, interleaved, in fresh server processes, and the median
+is reported. For taskflow the server confirms through ``task_manager.history.count(...)``
+that the tasks succeeded (all of them with a backend; in memory, every record the store
+still holds) and, with a backend, the time until ``task_manager.flush()`` has written every
+record ("durable").
 
 Memory: a separate process runs 100,000 no-op tasks through ``await tm.enqueue(...)`` with
 ``TaskManager(max_records=100_000)`` and reports retained bytes per completed record and the
@@ -49,6 +57,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastapi import BackgroundTasks, FastAPI
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 for _path in (str(ROOT), str(ROOT / "tests")):
@@ -64,20 +74,35 @@ BACKEND_TARGET = 0.7  # each backend vs taskflow in memory (issue 3)
 
 
 class _Counter:
-    """Counts finished no-op tasks; stamps the moment the target is reached."""
+    """Counts finished no-op tasks; stamps the moment the target is reached.
+
+    Also adds up the time the garbage collector spends between ``arm`` and the target.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.target = -1
         self.done_at: float | None = None
         self.done_cpu: float | None = None
+        self.done_gc: float | None = None
         self.event = asyncio.Event()
+        self.gc_seconds = 0.0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_start
 
     def arm(self, target: int) -> None:
         self.count = 0
         self.target = target
         self.done_at = None
         self.done_cpu = None
+        self.done_gc = None
+        self.gc_seconds = 0.0
         self.event = asyncio.Event()
 
     def hit(self) -> None:
@@ -85,13 +110,12 @@ class _Counter:
         if self.count == self.target:
             self.done_at = time.monotonic()
             self.done_cpu = time.process_time()
+            self.done_gc = self.gc_seconds
             self.event.set()
 
 
 def build_app(opts: argparse.Namespace) -> Any:
     """The benchmark app: one enqueue route and a few control routes under /_bench."""
-    from fastapi import BackgroundTasks, FastAPI
-
     counter = _Counter()
 
     async def noop(item: int) -> None:
@@ -136,10 +160,10 @@ def build_app(opts: argparse.Namespace) -> Any:
         return {"success_before": before, "cpu": time.process_time()}
 
     @app.get("/_bench/wait")
-    async def wait(timeout: float = 300.0, profile: str = "") -> dict[str, Any]:
+    async def wait(seconds: float = 300.0, profile: str = "") -> dict[str, Any]:
         nonlocal profiler
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await counter.event.wait()
         if profiler is not None:
             profiler.disable()
@@ -149,6 +173,7 @@ def build_app(opts: argparse.Namespace) -> Any:
             "count": counter.count,
             "done_at": counter.done_at,
             "done_cpu": counter.done_cpu,
+            "done_gc": counter.done_gc,
         }
         if manager is not None:
             await asyncio.sleep(0)  # let the last completion callbacks run
@@ -156,6 +181,7 @@ def build_app(opts: argparse.Namespace) -> Any:
                 await manager.flush()
                 result["flushed_at"] = time.monotonic()
             result["success_after"] = await manager.history.count(status="success")
+            result["capped"] = manager.backend is None
             result["not_success"] = await manager.history.count(
                 status=["failed", "cancelled", "interrupted", "rejected"]
             )
@@ -174,7 +200,9 @@ async def serve(opts: argparse.Namespace) -> None:
     import uvicorn
 
     app = build_app(opts)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # is TCP, and without it every response stalls ~40 ms (Nagle + delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
@@ -194,6 +222,7 @@ class Variant:
     backend: str = "memory"
     persist: bool = False
     registered: bool = True
+    client: str = "httpx"  # "httpx" | "raw"
 
     @property
     def label(self) -> str:
@@ -211,6 +240,7 @@ class Run:
     server_cpu_us_per_task: float | None
     server_cpu_share: float | None
     client_cpu_share: float
+    server_gc_share: float | None = None
     durable_tasks_per_s: float | None = None
 
 
@@ -345,7 +375,7 @@ def _batches(total: int, per_request: int) -> list[int]:
 
 
 async def _drive(client: Any, sizes: list[int], concurrency: int) -> None:
-    """POST every batch, at most ``concurrency`` requests in flight."""
+    """POST every batch with httpx, at most ``concurrency`` requests in flight."""
     pending: Iterator[int] = iter(sizes)
 
     async def worker() -> None:
@@ -353,6 +383,35 @@ async def _drive(client: Any, sizes: list[int], concurrency: int) -> None:
             response = await client.post("/enqueue", params={"n": n})
             if response.status_code != 200:
                 raise BenchError(f"/enqueue answered {response.status_code}: {response.text}")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _drive_raw(host: str, port: int, sizes: list[int], concurrency: int) -> None:
+    """POST every batch over ``concurrency`` keep-alive connections with hand-written
+    HTTP/1.1: a client that costs far less CPU than httpx, so the server is the bottleneck."""
+    pending: Iterator[int] = iter(sizes)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for n in pending:
+                writer.write(
+                    f"POST /enqueue?n={n} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    f"Content-Length: 0\r\n\r\n".encode()
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise BenchError(f"/enqueue answered {head.splitlines()[0]!r}: {body!r}")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -370,15 +429,19 @@ async def _wait_ready(client: Any, log: Path) -> None:
 
 
 async def _phase(
-    client: Any, total: int, opts: argparse.Namespace, profile: str = ""
+    client: Any, client_kind: str, total: int, opts: argparse.Namespace, profile: str = ""
 ) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
     """Arm the counter, send ``total`` tasks, wait for them; returns timings and replies."""
     armed = (await client.post("/_bench/arm", params={"target": total, "profile": profile})).json()
     cpu0 = time.process_time()
     t0 = time.monotonic()
-    await _drive(client, _batches(total, opts.per_request), opts.concurrency)
+    sizes = _batches(total, opts.per_request)
+    if client_kind == "raw":
+        await _drive_raw(client.base_url.host, client.base_url.port, sizes, opts.concurrency)
+    else:
+        await _drive(client, sizes, opts.concurrency)
     reply = await client.get(
-        "/_bench/wait", params={"timeout": opts.timeout, "profile": profile}, timeout=None
+        "/_bench/wait", params={"seconds": opts.timeout, "profile": profile}, timeout=None
     )
     client_end = time.monotonic()
     client_cpu = time.process_time() - cpu0
@@ -389,10 +452,14 @@ async def _phase(
     # The server's stamp is on the same clock; fall back to ours if it looks foreign.
     end = done_at if done_at is not None and t0 <= done_at <= client_end else client_end
     if waited.get("success_after") is not None:
-        succeeded = waited["success_after"] - armed["success_before"]
-        if succeeded != total or waited["not_success"]:
+        # In memory the store keeps the newest max_records: then every record it still holds
+        # must be a success. A backend keeps them all: exactly ``total`` more successes.
+        expected = armed["success_before"] + total
+        if waited["capped"]:
+            expected = min(expected, opts.max_records)
+        if waited["success_after"] != expected or waited["not_success"]:
             raise BenchError(
-                f"history shows {succeeded} new successes of {total} "
+                f"history shows {waited['success_after']} successes, expected {expected} "
                 f"({waited['not_success']} not successful)"
             )
     timing = {"t0": t0, "end": end, "client_cpu": client_cpu}
@@ -408,8 +475,7 @@ async def run_once(
     import httpx
 
     url = databases.url(variant.backend)
-    # Room for warm-up plus the run, so the success count is exact (no eviction).
-    max_records = opts.warmup + opts.tasks + 1000
+    max_records = opts.max_records
     log = databases.tmp / f"server-{uuid.uuid4().hex[:8]}.log"
     async with server_process(variant, url, max_records, log) as base:
         limits = httpx.Limits(
@@ -419,8 +485,10 @@ async def run_once(
             await _wait_ready(client, log)
             try:
                 if opts.warmup:
-                    await _phase(client, opts.warmup, opts)
-                t0, end, armed, waited = await _phase(client, opts.tasks, opts, profile)
+                    await _phase(client, variant.client, opts.warmup, opts)
+                t0, end, armed, waited = await _phase(
+                    client, variant.client, opts.tasks, opts, profile
+                )
             except (BenchError, httpx.HTTPError) as exc:
                 raise BenchError(f"{exc}\n--- server log ---\n{_tail(log)}") from exc
     seconds = end - t0
@@ -438,20 +506,23 @@ async def run_once(
         server_cpu_us_per_task=server_cpu / opts.tasks * 1e6 if server_cpu is not None else None,
         server_cpu_share=server_cpu / seconds if server_cpu is not None else None,
         client_cpu_share=waited["client_cpu"] / seconds,
+        server_gc_share=waited["done_gc"] / seconds if waited.get("done_gc") is not None else None,
         durable_tasks_per_s=durable,
     )
 
 
 def _variants(opts: argparse.Namespace) -> list[Variant]:
-    variants = [Variant("starlette"), Variant("taskflow")]
-    if opts.unregistered:
-        variants.append(Variant("taskflow", registered=False))
-    for backend in opts.backends:
-        if backend == "memory":
-            continue
-        variants.append(Variant("taskflow", backend=backend, persist=False))
-        if opts.persist_rows:
-            variants.append(Variant("taskflow", backend=backend, persist=True))
+    variants = []
+    for client in ("httpx", "raw") if opts.client == "both" else (opts.client,):
+        variants += [Variant("starlette", client=client), Variant("taskflow", client=client)]
+        if opts.unregistered:
+            variants.append(Variant("taskflow", registered=False, client=client))
+        for backend in opts.backends:
+            if backend == "memory":
+                continue
+            variants.append(Variant("taskflow", backend=backend, persist=False, client=client))
+            if opts.persist_rows:
+                variants.append(Variant("taskflow", backend=backend, persist=True, client=client))
     return variants
 
 
@@ -459,45 +530,67 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ratio(result: Result, base: Result | None) -> float | None:
+    if base is None or base.error or not base.median() or result.error:
+        return None
+    return (result.median() or 0.0) / (base.median() or 1.0)
+
+
+def ratios(results: list[Result]) -> dict[int, float | None]:
+    """Each taskflow row against its base: starlette (memory rows) or taskflow memory."""
+    found: dict[int, float | None] = {}
+    for result in results:
+        if result.variant.kind != "taskflow":
+            continue
+        want = (
+            Variant("starlette", client=result.variant.client)
+            if result.variant.backend == "memory"
+            else Variant("taskflow", client=result.variant.client)
+        )
+        base = next((r for r in results if r.variant == want), None)
+        found[id(result)] = _ratio(result, base)
+    return found
+
+
 def print_throughput(results: list[Result], opts: argparse.Namespace) -> None:
     print(
         f"\nCore throughput: {opts.tasks:,} no-op async tasks through HTTP, {opts.per_request} "
-        f"per request, {opts.concurrency} concurrent requests, median of {opts.repeat} runs "
-        f"(warm-up {opts.warmup:,} tasks per server)"
+        f"per request, {opts.concurrency} concurrent connections, median of {opts.repeat} runs "
+        f"(warm-up {opts.warmup:,} tasks per server, max_records={opts.max_records:,}); "
+        f"{os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.2f} at the end"
     )
     header = (
-        f"{'variant':<34} {'tasks/s':>9} {'min':>8} {'max':>8} {'ratio':>7}  "
-        f"{'srv µs/task':>11} {'srv CPU':>7} {'cli CPU':>7} {'durable/s':>9}"
+        f"{'variant':<34} {'client':<6} {'tasks/s':>9} {'min':>8} {'max':>8} {'ratio':>6}  "
+        f"{'srv µs/task':>11} {'srv CPU':>7} {'srv GC':>6} {'cli CPU':>7} {'durable/s':>9}"
     )
     print(header)
     print("-" * len(header))
-    by_label = {r.variant.label: r for r in results}
-    plain = by_label.get("starlette BackgroundTasks")
-    memory = by_label.get("taskflow memory (registered)")
+    found = ratios(results)
     for result in results:
+        variant = result.variant
         if result.error:
-            print(f"{result.variant.label:<34} skipped: {result.error.splitlines()[0]}")
+            print(
+                f"{variant.label:<34} {variant.client:<6} skipped: {result.error.splitlines()[0]}"
+            )
             continue
         rates = [r.tasks_per_s for r in result.runs]
-        base = None
-        if result.variant.kind == "taskflow":
-            base = plain if result.variant.backend == "memory" else memory
-        ratio = None
-        if base is not None and base.median() and not base.error:
-            ratio = (result.median() or 0.0) / (base.median() or 1.0)
         print(
-            f"{result.variant.label:<34} {_fmt(result.median(), ',.0f'):>9} "
-            f"{min(rates):>8,.0f} {max(rates):>8,.0f} {_fmt(ratio, '.2f'):>7}  "
+            f"{variant.label:<34} {variant.client:<6} {_fmt(result.median(), ',.0f'):>9} "
+            f"{min(rates):>8,.0f} {max(rates):>8,.0f} {_fmt(found.get(id(result)), '.2f'):>6}  "
             f"{_fmt(result.median('server_cpu_us_per_task'), '.1f'):>11} "
             f"{_fmt(result.median('server_cpu_share'), '.0%'):>7} "
+            f"{_fmt(result.median('server_gc_share'), '.0%'):>6} "
             f"{_fmt(result.median('client_cpu_share'), '.0%'):>7} "
             f"{_fmt(result.median('durable_tasks_per_s'), ',.0f'):>9}"
         )
     print(
-        "ratio: taskflow in memory vs starlette (target >= "
+        f"ratio: taskflow in memory vs starlette with the same client (target >= "
         f"{STARLETTE_TARGET}); each backend vs taskflow memory (registered) (target >= "
-        f"{BACKEND_TARGET}). srv µs/task: server CPU per task; srv/cli CPU: share of one core "
-        "used by the server / this client during the run; durable/s: until flush() returned."
+        f"{BACKEND_TARGET}).\nsrv µs/task: server CPU time per task; srv/cli CPU: share of one "
+        f"core used by the server / this client process during the run (near 100% = that side "
+        f"is the bottleneck); srv GC: share of the run the server spent in the garbage "
+        f"collector; durable/s: tasks/s counted until task_manager.flush() returned."
     )
 
 
@@ -542,6 +635,7 @@ async def memory_probe(records: int, mode: str, burst: bool) -> dict[str, Any]:
 
     await manager.startup()
     gc.collect()
+    objects0 = len(gc.get_objects()) if mode == "trace" else 0
     rss0 = _rss_bytes()
     if mode == "trace":
         tracemalloc.start(1)
@@ -564,6 +658,7 @@ async def memory_probe(records: int, mode: str, burst: bool) -> dict[str, Any]:
         tracemalloc.stop()
         result["retained"] = current - traced0
         result["peak"] = peak - traced0
+        result["tracked_objects"] = len(gc.get_objects()) - objects0
         top = []
         for stat in snapshot.statistics("lineno")[:12]:
             frame = stat.traceback[0]
@@ -600,7 +695,7 @@ async def _memory_subprocess(records: int, mode: str, burst: bool) -> dict[str, 
 async def run_memory(opts: argparse.Namespace) -> dict[str, Any]:
     n = opts.memory_records
     found: dict[str, Any] = {}
-    for burst in (False, True):
+    for burst in (False, True) if opts.memory_burst else (False,):
         key = "burst" if burst else "steady"
         found[key] = {
             "trace": await _memory_subprocess(n, "trace", burst),
@@ -612,25 +707,29 @@ async def run_memory(opts: argparse.Namespace) -> dict[str, Any]:
         f"(TaskManager(max_records={n:,}), await tm.enqueue(...))"
     )
     header = (
-        f"{'enqueue pattern':<34} {'B/record':>9} {'retained':>10} {'peak':>10} "
-        f"{'RSS B/rec':>9} {'RSS ret.':>10} {'RSS peak':>10}"
+        f"{'enqueue pattern':<26} {'B/record':>9} {'retained':>10} {'peak':>10} "
+        f"{'RSS B/rec':>9} {'RSS ret.':>10} {'RSS peak':>10} {'GC objs/rec':>11}"
     )
     print(header)
     print("-" * len(header))
     for key, label in (
         ("steady", "steady (yield every 1,000)"),
-        ("burst", f"burst (all {n:,} queued at once)"),
+        ("burst", "burst (all queued at once)"),
     ):
+        if key not in found:
+            continue
         trace, rss = found[key]["trace"], found[key]["rss"]
         rss_peak = "-" if rss["peak"] is None else f"{rss['peak'] / mib:,.1f} MiB"
         print(
-            f"{label:<34} {trace['retained'] / n:>9,.0f} {trace['retained'] / mib:>6,.1f} MiB "
+            f"{label:<26} {trace['retained'] / n:>9,.0f} {trace['retained'] / mib:>6,.1f} MiB "
             f"{trace['peak'] / mib:>6,.1f} MiB {rss['retained'] / n:>9,.0f} "
-            f"{rss['retained'] / mib:>6,.1f} MiB {rss_peak:>10}"
+            f"{rss['retained'] / mib:>6,.1f} MiB {rss_peak:>10} "
+            f"{trace['tracked_objects'] / n:>11.1f}"
         )
     print(
-        "B/record, retained, peak: tracemalloc (Python allocations); RSS: resident set delta "
-        "in a separate process without tracemalloc (peak from VmHWM)."
+        "B/record, retained, peak: tracemalloc (Python allocations) after gc.collect(); RSS: "
+        "resident set delta measured in a separate process without tracemalloc (peak from "
+        "VmHWM); GC objs/rec: objects the garbage collector tracks, per record."
     )
     if opts.verbose:
         print("\nLargest retained allocation sites (steady, tracemalloc):")
@@ -650,6 +749,16 @@ def _print_profile(path: str, limit: int = 30) -> None:
     stats.strip_dirs().sort_stats("tottime").print_stats(limit)
 
 
+def _profile_path(folder: str, variant: Variant) -> str:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    name = f"{variant.label}-{variant.client}".replace(" ", "_").replace("=", "-")
+    return str(Path(folder).resolve() / f"{name.replace('(', '').replace(')', '')}.prof")
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(report, indent=2, default=str))
+
+
 async def run_throughput(opts: argparse.Namespace) -> list[Result]:
     databases = _Databases(opts)
     results = [Result(v) for v in _variants(opts)]
@@ -667,11 +776,7 @@ async def run_throughput(opts: argparse.Namespace) -> list[Result]:
                     continue
                 profile = ""
                 if opts.profile and round_ == 0 and result.variant.kind == "taskflow":
-                    profile = str(
-                        Path(opts.profile).resolve()
-                        / f"{result.variant.label.replace(' ', '_').replace('=', '-')}.prof"
-                    )
-                    Path(opts.profile).mkdir(parents=True, exist_ok=True)
+                    profile = _profile_path(opts.profile, result.variant)
                 try:
                     run = await run_once(result.variant, opts, databases, profile)
                 except BenchError as exc:
@@ -694,12 +799,33 @@ async def run_throughput(opts: argparse.Namespace) -> list[Result]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks per measured run")
     parser.add_argument("--per-request", type=int, default=20, help="tasks added per request")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="concurrent connections (requests in flight)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "raw", "both"),
+        default="both",
+        help="httpx.AsyncClient, a minimal raw HTTP/1.1 client that leaves the server as the "
+        "bottleneck, or both (default: every row with each)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median)")
-    parser.add_argument("--warmup", type=int, default=2_000, help="warm-up tasks per server")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up tasks per server (default: --max-records, at least 2,000, so the store is "
+        "full and evicting during the measured run, as in a server that has been up a while)",
+    )
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=10_000,
+        help="TaskManager(max_records=...) of the server (default: the library default)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per run")
     parser.add_argument(
         "--backend",
@@ -724,6 +850,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="skip the unregistered-function row",
     )
     parser.add_argument("--memory-records", type=int, default=100_000)
+    parser.add_argument(
+        "--memory-burst",
+        action="store_true",
+        help="also measure memory with all records queued before any runs",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="throughput only")
     parser.add_argument("--skip-throughput", action="store_true", help="memory only")
     parser.add_argument("--quick", action="store_true", help="2,000 tasks, 1 run, 10k records")
@@ -737,7 +868,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--unregistered", dest="registered", action="store_false", help=argparse.SUPPRESS
     )
-    parser.add_argument("--max-records", type=int, default=100_000, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", choices=("trace", "rss"), help=argparse.SUPPRESS)
     parser.add_argument("--burst", action="store_true", help=argparse.SUPPRESS)
     opts, unknown = parser.parse_known_args(argv)
@@ -749,8 +879,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} or all")
     opts.explicit_backends = set(BACKENDS) if "all" in names else set(names)
     opts.backends = list(BACKENDS) if not names or "all" in names else names
+    if opts.warmup is None:
+        opts.warmup = max(opts.max_records, 2_000)
     if opts.quick:
-        opts.tasks, opts.repeat, opts.warmup = 2_000, 1, 200
+        opts.tasks, opts.repeat, opts.warmup = 2_000, 1, 500
         opts.memory_records = min(opts.memory_records, 10_000)
     if opts.tasks < 1 or opts.per_request < 1 or opts.concurrency < 1 or opts.repeat < 1:
         parser.error("--tasks, --per-request, --concurrency and --repeat must be >= 1")
@@ -761,7 +893,16 @@ async def amain(opts: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {
-            k: getattr(opts, k) for k in ("tasks", "per_request", "concurrency", "repeat", "warmup")
+            k: getattr(opts, k)
+            for k in (
+                "tasks",
+                "per_request",
+                "concurrency",
+                "repeat",
+                "warmup",
+                "max_records",
+                "client",
+            )
         },
     }
     failed = False
@@ -781,14 +922,15 @@ async def amain(opts: argparse.Namespace) -> int:
     if not opts.skip_memory:
         report["memory"] = await run_memory(opts)
     if opts.json:
-        Path(opts.json).write_text(json.dumps(report, indent=2, default=str))
+        _write_json(opts.json, report)
     return 1 if failed else 0
 
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
     if opts.serve:
-        asyncio.run(serve(opts))
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT we send
+            asyncio.run(serve(opts))
         return 0
     if opts.memory_probe:
         found = asyncio.run(memory_probe(opts.memory_records, opts.memory_probe, opts.burst))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -13,27 +13,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..._errors import ConfigurationError, NotStartedError
 from ..._models import TaskRecord
 from ..base import SnapshotBackend
-from .dialect import create_engine, max_bind_params, upsert
+from .bulk import BulkStatement
+from .dialect import create_engine, in_ids, upsert
 from .migrate import ensure_schema
 from .records import (
+    HISTORY_COLUMNS,
+    BulkEncoder,
     from_history_row,
     from_pending_row,
-    history_rows,
+    history_values,
     latest_by_id,
     pending_rows,
-    tag_rows,
+    tag_values,
 )
 from .repository import SqlHistoryRepository
-from .tables import history, history_tags, pending
+from .tables import UTCDateTime, history, history_tags, pending
 from .transaction import WriteGuard, run_read
 from .urls import make_async_url, require_driver
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class SqlBackend(SnapshotBackend):
@@ -85,6 +81,7 @@ class SqlBackend(SnapshotBackend):
         self._engine_kwargs = engine_kwargs
         self._writes = WriteGuard()
         self._history = SqlHistoryRepository(self)
+        self._bulk: _BulkWriters | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
@@ -119,6 +116,7 @@ class SqlBackend(SnapshotBackend):
             if self._given_engine is None:
                 await engine.dispose()
             raise
+        self._bulk = _BulkWriters(engine)
         self._engine = engine
 
     async def close(self) -> None:
@@ -140,20 +138,21 @@ class SqlBackend(SnapshotBackend):
         """Upsert ``records`` into history in one transaction; return how many."""
         if not records:
             return 0
-        batch = latest_by_id(records)
-        rows = history_rows(batch)
-        tags = tag_rows(batch)
-        ids = [r.task_id for r in batch]
         engine = self.engine
-        statement = upsert(history, engine.dialect.name)
-        chunk = max_bind_params(engine.dialect.name)
+        bulk = self._bulk
+        assert bulk is not None
+        batch = latest_by_id(records)
+        ids = [r.task_id for r in batch]
+        dialect = engine.dialect.name
+
+        rows = history_values(batch, bulk.timestamps)
+        tags = tag_values(batch, bulk.timestamps)
 
         async def work(conn: AsyncConnection) -> None:
-            await conn.execute(statement, rows)
-            for part in _chunks(ids, chunk):
-                await conn.execute(sa.delete(history_tags).where(history_tags.c.task_id.in_(part)))
-            if tags:
-                await conn.execute(sa.insert(history_tags), tags)
+            await bulk.history.executemany(conn, rows)
+            for matching in in_ids(history_tags.c.task_id, ids, dialect):
+                await conn.execute(sa.delete(history_tags).where(matching))
+            await bulk.tags.executemany(conn, tags)
 
         await self._writes.run(engine, work, f"saving {len(batch)} task records")
         return len(batch)
@@ -174,14 +173,14 @@ class SqlBackend(SnapshotBackend):
         if not ids:
             return 0
         engine = self.engine
-        chunk = max_bind_params(engine.dialect.name)
+        dialect = engine.dialect.name
 
         async def work(conn: AsyncConnection) -> int:
             removed = 0
-            for part in _chunks(ids, chunk):
-                await conn.execute(sa.delete(history_tags).where(history_tags.c.task_id.in_(part)))
-                result = await conn.execute(sa.delete(history).where(history.c.task_id.in_(part)))
-                removed += result.rowcount
+            for matching in in_ids(history_tags.c.task_id, ids, dialect):
+                await conn.execute(sa.delete(history_tags).where(matching))
+            for matching in in_ids(history.c.task_id, ids, dialect):
+                removed += (await conn.execute(sa.delete(history).where(matching))).rowcount
             return removed
 
         return await self._writes.run(engine, work, f"deleting {len(ids)} task records")
@@ -217,6 +216,18 @@ class SqlBackend(SnapshotBackend):
             await conn.execute(sa.delete(pending))
 
         await self._writes.run(self.engine, work, "clearing pending tasks")
+
+
+class _BulkWriters:
+    """The bulk statements and timestamp encoder of one engine's dialect."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        dialect = engine.dialect
+        self.history = BulkStatement(upsert(history, dialect.name), dialect, HISTORY_COLUMNS)
+        self.tags = BulkStatement(
+            sa.insert(history_tags), dialect, ("task_id", "key", "value", "created_at")
+        )
+        self.timestamps: BulkEncoder = UTCDateTime().bulk_processor(dialect)
 
 
 class SqliteBackend(SqlBackend):

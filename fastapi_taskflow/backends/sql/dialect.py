@@ -6,7 +6,7 @@ driver errors are worth retrying.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,20 @@ def upsert(table: sa.Table, dialect_name: str) -> sa.Insert:
     raise BackendError(f"no upsert for the {dialect_name!r} dialect")
 
 
-def max_bind_params(dialect_name: str) -> int:
-    """How many values one statement may carry (SQLite and PostgreSQL cap it)."""
-    return 30_000 if dialect_name == "postgresql" else 10_000 if is_mysql(dialect_name) else 900
+def in_ids(
+    column: sa.ColumnElement[str], ids: Sequence[str], dialect_name: str
+) -> Iterator[sa.ColumnElement[bool]]:
+    """Conditions ``column IN ids``, split to respect each database's parameter limits.
+
+    PostgreSQL takes the whole list as one array parameter (``= ANY($1)``); SQLite and
+    MySQL get ``IN (...)`` lists of bounded length.
+    """
+    if dialect_name == "postgresql":
+        yield column == sa.any_(sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.String)))
+        return
+    size = 5_000 if is_mysql(dialect_name) else 900
+    for start in range(0, len(ids), size):
+        yield column.in_(ids[start : start + size])
 
 
 # --------------------------------------------------------------------------- migration lock

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic_core import to_jsonable_python
+from pydantic import Json, TypeAdapter
 
 from ..._models import TaskRecord
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
 
 Row = dict[str, Any]
+BulkEncoder = Callable[[list[Any]], list[Any]]
 
 
 def latest_by_id(records: Iterable[TaskRecord]) -> list[TaskRecord]:
@@ -19,53 +20,115 @@ def latest_by_id(records: Iterable[TaskRecord]) -> list[TaskRecord]:
     return list(by_id.values())
 
 
-def history_rows(records: list[TaskRecord]) -> list[Row]:
-    """Rows for ``taskflow_history``; JSON columns get plain JSON-compatible values."""
-    # One call converts every nested model, datetime or UUID of the batch to JSON values.
-    documents = to_jsonable_python(
-        [(r.args, r.kwargs, r.logs, r.attempts) for r in records], fallback=repr
+# pydantic-core serialises a whole column of a batch in one call (nested models,
+# datetimes and UUIDs included); ``round_trip`` makes each ``Json`` value a JSON string.
+_DOCUMENTS: TypeAdapter[list[Any]] = TypeAdapter(list[Json[Any]])
+
+
+def _documents(values: list[Any]) -> list[str]:
+    return _DOCUMENTS.dump_python(values, round_trip=True, fallback=repr)  # type: ignore[no-any-return]
+
+
+def history_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple[Any, ...]]:
+    """Driver-ready parameter tuples for ``taskflow_history``, in column order.
+
+    ``stamps`` turns a list of aware datetimes into what the dialect's driver stores
+    (:meth:`UTCDateTime.bulk_processor`). Work is done column by column over the batch,
+    which keeps the per-row Python cost (and the garbage collector's) low.
+    """
+    columns = zip(
+        records,
+        _documents([r.args for r in records]),
+        _documents([r.kwargs for r in records]),
+        _documents([r.logs for r in records]),
+        _documents([r.attempts for r in records]),
+        _documents([r.tags for r in records]),
+        stamps([r.created_at for r in records]),
+        stamps([r.start_time for r in records]),
+        stamps([r.end_time for r in records]),
+        stamps([r.updated_at for r in records]),
+        strict=True,
     )
     return [
-        {
-            "task_id": r.task_id,
-            "func_name": r.func_name,
-            "status": r.status.value,
-            "args": doc[0],
-            "kwargs": doc[1],
-            "created_at": r.created_at,
-            "start_time": r.start_time,
-            "end_time": r.end_time,
-            "duration": r.duration,
-            "retries_used": r.retries_used,
-            "error": r.error,
-            "stacktrace": r.stacktrace,
-            "logs": doc[2],
-            "attempts": doc[3],
-            "tags": r.tags,
-            "idempotency_key": r.idempotency_key,
-            "source": r.source,
-            "priority": r.priority,
-            "queue": r.queue,
-            "retry_of": r.retry_of,
-            "instance_id": r.instance_id,
-            "updated_at": r.updated_at,
-        }
-        for r, doc in zip(records, documents, strict=True)
+        (
+            r.task_id,
+            r.func_name,
+            r.status.value,
+            args,
+            kwargs,
+            created_at,
+            start_time,
+            end_time,
+            r.duration,
+            r.retries_used,
+            r.error,
+            r.stacktrace,
+            logs,
+            attempts,
+            tags,
+            r.idempotency_key,
+            r.source,
+            r.priority,
+            r.queue,
+            r.retry_of,
+            r.instance_id,
+            updated_at,
+        )
+        for (
+            r,
+            args,
+            kwargs,
+            logs,
+            attempts,
+            tags,
+            created_at,
+            start_time,
+            end_time,
+            updated_at,
+        ) in columns
     ]
 
 
-def tag_rows(records: list[TaskRecord]) -> list[Row]:
-    """Rows for ``taskflow_history_tags``.
+HISTORY_COLUMNS = (
+    "task_id",
+    "func_name",
+    "status",
+    "args",
+    "kwargs",
+    "created_at",
+    "start_time",
+    "end_time",
+    "duration",
+    "retries_used",
+    "error",
+    "stacktrace",
+    "logs",
+    "attempts",
+    "tags",
+    "idempotency_key",
+    "source",
+    "priority",
+    "queue",
+    "retry_of",
+    "instance_id",
+    "updated_at",
+)
+
+
+def tag_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple[Any, ...]]:
+    """Parameter tuples ``(task_id, key, value, created_at)`` for ``taskflow_history_tags``.
 
     A tag longer than the indexed column (key 128, value 255 characters) stays in the
     record's ``tags`` but is not indexed, so a tag filter does not find it.
     """
-    return [
-        {"task_id": r.task_id, "key": key, "value": value}
+    tagged = [
+        (r.task_id, key, value, r.created_at)
         for r in records
         for key, value in r.tags.items()
         if len(key) <= TAG_KEY_LENGTH and len(value) <= TAG_VALUE_LENGTH
     ]
+    created = stamps([row[3] for row in tagged])
+    return [(*row[:3], stamp) for row, stamp in zip(tagged, created, strict=True)]
 
 
 def pending_rows(records: list[TaskRecord]) -> list[Row]:

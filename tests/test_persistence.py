@@ -1,0 +1,441 @@
+"""One behavioural suite for persistence, run against every backend.
+
+memory (MemoryBackend), SQLite (a file), PostgreSQL, MariaDB and Redis: the last three are
+real servers started by the test session (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _helpers import finished, wait_for
+
+from fastapi_taskflow import (
+    QueueConfig,
+    TaskManager,
+    TaskRecord,
+    TaskStatus,
+    UnstorableArgumentError,
+    task_log,
+)
+from fastapi_taskflow.backends import MemoryBackend, SnapshotBackend
+
+BackendFactory = Callable[[], SnapshotBackend]
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    """A factory of backend objects that all point at the same (fresh) storage."""
+    kind = request.param
+    if kind == "memory":
+        shared = MemoryBackend()
+        return lambda: shared
+    if kind == "sqlite":
+        from fastapi_taskflow.backends import SqliteBackend
+
+        path = tmp_path / "tasks.db"
+        return lambda: SqliteBackend(str(path))
+    if kind == "redis":
+        from fastapi_taskflow.backends import RedisBackend
+
+        url = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        return lambda: RedisBackend(url, prefix=prefix)
+    from fastapi_taskflow.backends import SqlBackend
+
+    url = request.getfixturevalue("postgres_url" if kind == "postgres" else "mysql_url")
+    return lambda: SqlBackend(url)
+
+
+def manager(make_backend: BackendFactory, **kwargs: Any) -> TaskManager:
+    kwargs.setdefault("snapshot_interval", 3600.0)
+    return TaskManager(snapshot_backend=make_backend(), **kwargs)
+
+
+async def test_history_survives_a_restart_with_every_field(make_backend: BackendFactory) -> None:
+    first = manager(make_backend)
+
+    @first.task(name="billing.charge", retries=1)
+    async def charge(order_id: int, *, amount: dict[str, Any]) -> None:
+        task_log("charging", order=order_id)
+        if order_id == 2:
+            raise ValueError("card declined")
+
+    async with first:
+        ok = await first.enqueue(
+            charge, 1, amount={"value": 9.5, "currency": "EUR", "items": [1, None, True]},
+            tags={"tenant": "acme"}, idempotency_key="order-1", priority=3,
+        )  # fmt: skip
+        bad = await first.enqueue(charge, 2, amount={"value": 1})
+        ok_record = (await finished(first, ok)).model_copy(deep=True)
+        bad_record = (await finished(first, bad)).model_copy(deep=True)
+
+    second = manager(make_backend)
+    async with second:
+        loaded_ok = await second.history.get(ok)
+        loaded_bad = await second.history.get(bad)
+        assert loaded_ok is not None and loaded_bad is not None
+        assert loaded_ok.model_dump() == ok_record.model_dump()
+        assert loaded_bad.model_dump() == bad_record.model_dump()
+        assert (
+            loaded_bad.status is TaskStatus.FAILED
+            and loaded_bad.error == "ValueError: card declined"
+        )
+        assert "card declined" in (loaded_bad.stacktrace or "")
+        assert loaded_ok.kwargs["amount"] == {
+            "value": 9.5,
+            "currency": "EUR",
+            "items": [1, None, True],
+        }
+        assert loaded_ok.tags == {"tenant": "acme"} and loaded_ok.priority == 3
+        assert loaded_ok.created_at.tzinfo is not None
+        assert [log.message for log in loaded_ok.logs] == ["charging"]
+        assert len(loaded_bad.attempts) == 2
+        page = await second.history.query(status="failed", func_name="billing.charge")
+        assert [r.task_id for r in page] == [bad]
+
+
+async def test_success_and_failure_are_flushed_at_once_in_shared_batches(
+    make_backend: BackendFactory,
+) -> None:
+    tm = manager(make_backend)  # a one-hour interval: only the immediate flush can do it
+    saves: list[int] = []
+    backend = tm.backend
+    assert backend is not None
+    original = backend.save
+
+    async def counting_save(records: list[TaskRecord]) -> int:
+        written = await original(records)
+        saves.append(len(records))
+        return written
+
+    backend.save = counting_save  # type: ignore[method-assign]
+
+    async def noop(i: int) -> None: ...
+
+    async with tm:
+        ids = [await tm.enqueue(noop, i) for i in range(200)]
+        for task_id in ids:
+            await finished(tm, task_id)
+        await wait_for(lambda: sum(saves) >= 200)
+        stored = backend.history()
+        if stored is not None:
+            assert (await stored.get(ids[-1])) is not None
+        assert await tm.flush() == 0  # nothing changed since: nothing is written
+    assert sum(saves) == 200
+    assert len(saves) < 50  # many completions share one write
+
+
+async def test_periodic_flush_writes_other_terminal_states(make_backend: BackendFactory) -> None:
+    tm = manager(make_backend, snapshot_interval=0.1)
+    gate = asyncio.Event()
+
+    async def wait() -> None:
+        await gate.wait()
+
+    async with tm:
+        task_id = await tm.enqueue(wait)
+        await tm.cancel(task_id)
+        backend = tm.backend
+        assert backend is not None
+
+        async def saved() -> bool:
+            return any(r.task_id == task_id for r in await backend.load())
+
+        for _ in range(100):
+            if await saved():
+                break
+            await asyncio.sleep(0.05)
+        assert await saved()
+
+
+async def test_unfinished_persisted_tasks_are_requeued_once_with_everything_intact(
+    make_backend: BackendFactory,
+) -> None:
+    runs: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+    queues = [QueueConfig(name="mail", max_concurrency=1)]
+
+    def register(tm: TaskManager) -> tuple[Any, Any]:
+        @tm.task(name="mail.send", persist=True, queue="mail")
+        async def send(address: str, attempt_no: int) -> None:
+            runs.append((address, attempt_no))
+            await gate.wait()
+
+        @tm.task(name="mail.plain")
+        async def plain() -> None:
+            runs.append(("plain", 0))
+
+        return send, plain
+
+    first = manager(make_backend, queues=queues, shutdown_grace=0.05, max_concurrent_tasks=1)
+    send, plain = register(first)
+    async with first:
+        blocker = await first.enqueue(send, "block@example.com", 0)
+        await wait_for(lambda: bool(runs))
+        waiting = await first.enqueue(
+            send, "a@example.com", 1, tags={"k": "v"}, priority=7, idempotency_key="mail-a"
+        )
+        dropped = await first.enqueue(plain)
+    # `waiting` never started and is persisted; `plain` is not persisted; `blocker` was
+    # running and is not requeue_on_interrupt: it ends interrupted.
+    assert first.store.get(dropped).record.status is TaskStatus.INTERRUPTED  # type: ignore[union-attr]
+    assert first.store.get(blocker).record.status is TaskStatus.INTERRUPTED  # type: ignore[union-attr]
+
+    gate.set()
+    runs.clear()
+    second = manager(make_backend, queues=queues)
+    register(second)
+    async with second:
+        record = await finished(second, waiting)
+        assert record.status is TaskStatus.SUCCESS
+        assert record.source == "requeue"
+        assert record.args == ["a@example.com", 1]
+        assert record.tags == {"k": "v"} and record.priority == 7 and record.queue == "mail"
+        assert record.idempotency_key == "mail-a"
+        assert await second.enqueue(send, "x", 9, idempotency_key="mail-a") == waiting
+        await asyncio.sleep(0.05)
+    assert runs == [("a@example.com", 1)]
+
+    third = manager(make_backend, queues=queues)
+    register(third)
+    async with third:
+        await asyncio.sleep(0.05)
+    assert runs == [("a@example.com", 1)]  # exactly once: nothing left to requeue
+
+
+async def test_requeue_pending_covers_every_task_and_interrupted_ones_rerun(
+    make_backend: BackendFactory,
+) -> None:
+    ran: list[str] = []
+    stop = asyncio.Event()
+
+    def register(tm: TaskManager) -> tuple[Any, Any]:
+        @tm.task(name="jobs.wait")
+        async def wait(label: str) -> None:
+            ran.append(label)
+            await stop.wait()
+
+        @tm.task(name="jobs.resumable", requeue_on_interrupt=True)
+        async def resumable(label: str) -> None:
+            ran.append(label)
+            await stop.wait()
+
+        return wait, resumable
+
+    first = manager(make_backend, requeue_pending=True, max_concurrent_tasks=2, shutdown_grace=0.05)
+    wait, resumable = register(first)
+    async with first:
+        await first.enqueue(wait, "running-plain")
+        resumed = await first.enqueue(resumable, "running-resumable")
+        queued = await first.enqueue(wait, "queued")
+        await wait_for(lambda: len(ran) == 2)
+    stop.set()
+    ran.clear()
+    second = manager(make_backend, requeue_pending=True)
+    register(second)
+    async with second:
+        assert (await finished(second, queued)).status is TaskStatus.SUCCESS
+        assert (await finished(second, resumed)).status is TaskStatus.SUCCESS
+    assert sorted(ran) == ["queued", "running-resumable"]
+
+
+async def test_unregistered_pending_task_stays_pending_and_is_reported(
+    make_backend: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = asyncio.Event()
+    first = manager(make_backend, max_concurrent_tasks=1, shutdown_grace=0.01)
+
+    @first.task(name="legacy.job", persist=True)
+    async def legacy(n: int) -> None:
+        await gate.wait()
+
+    async with first:
+        await first.enqueue(legacy, 0)
+        orphan = await first.enqueue(legacy, 1)
+
+    second = manager(make_backend)  # legacy.job is not registered here
+    async with second:
+        record = await second.history.get(orphan)
+        assert record is not None and record.status is TaskStatus.PENDING
+        page = await second.history.query(status="pending")
+        assert orphan in [r.task_id for r in page]
+    assert "legacy.job" in caplog.text and "not registered" in caplog.text
+
+    gate.set()
+    ran: list[int] = []
+    third = manager(make_backend)
+
+    @third.task(name="legacy.job", persist=True)
+    async def legacy_again(n: int) -> None:
+        ran.append(n)
+
+    async with third:
+        assert (await finished(third, orphan)).status is TaskStatus.SUCCESS
+    assert ran == [1]
+
+
+async def test_arguments_that_cannot_be_stored_are_refused(make_backend: BackendFactory) -> None:
+    tm = manager(make_backend)
+
+    @tm.task(persist=True)
+    async def needs_json(user: object, *, when: object = None) -> None: ...
+
+    async with tm:
+        with pytest.raises(UnstorableArgumentError, match="argument 'when' is a datetime"):
+            await tm.enqueue(needs_json, 1, when=datetime.now(UTC))
+        with pytest.raises(UnstorableArgumentError, match="positional argument 0 is a object"):
+            await tm.enqueue(needs_json, object())
+        assert len(tm.store) == 0  # nothing half-accepted
+
+
+async def test_history_queries_filters_pagination_counts_and_stats(
+    make_backend: BackendFactory,
+) -> None:
+    tm = manager(make_backend)
+
+    @tm.task(name="a")
+    async def a(n: int) -> None:
+        if n % 3 == 0:
+            raise RuntimeError(f"multiple of three: {n}")
+
+    @tm.task(name="b")
+    async def b(n: int) -> None: ...
+
+    async with tm:
+        ids = []
+        for n in range(12):
+            func = a if n % 2 == 0 else b
+            ids.append(await tm.enqueue(func, n, tags={"half": "low" if n < 6 else "high"}))
+            await finished(tm, ids[-1])
+        await tm.flush()
+        # drop the in-memory copies: answers must come from the backend now
+        for task_id in ids:
+            tm.store.remove(task_id)
+        history = tm.history
+        assert await history.count() == 12
+        assert await history.count(status="failed") == 2  # n = 0 and 6
+        failed = await history.query(status="failed", func_name="a")
+        assert [r.args for r in failed] == [[6], [0]]
+        assert [r.task_id for r in await history.query(tags={"half": "high"}, limit=100)] == list(
+            reversed(ids[6:])
+        )
+        assert len(await history.query(text="multiple of three: 6")) == 1
+        later = (await history.get(ids[6])).created_at  # type: ignore[union-attr]
+        assert len(await history.query(since=later, limit=100)) == 6
+        assert len(await history.query(until=later, limit=100)) == 6
+        assert len(await history.query(since=later + timedelta(days=1))) == 0
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await history.query(limit=5, cursor=cursor)
+            seen += [r.task_id for r in page]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids))
+        stats = {s.func_name: s for s in await history.stats()}
+        assert stats["a"].total == 6 and stats["a"].failed == 2 and stats["a"].success == 4
+        assert stats["b"].success_rate == 1.0 and stats["b"].duration_p50 is not None
+
+
+async def test_start_up_does_not_load_history(make_backend: BackendFactory) -> None:
+    first = manager(make_backend)
+    async with first:
+        await finished(first, await first.enqueue(asyncio.sleep, 0))
+    second = manager(make_backend)
+    backend = second.backend
+    assert backend is not None
+    loads = 0
+    original = backend.load
+
+    async def counting_load() -> list[TaskRecord]:
+        nonlocal loads
+        loads += 1
+        return await original()
+
+    backend.load = counting_load  # type: ignore[method-assign]
+    async with second:
+        assert len(second.store) == 0
+    assert loads == 0
+
+
+class SixMethodBackend(SnapshotBackend):
+    """A custom backend with only the six required methods, storing JSON strings."""
+
+    def __init__(self) -> None:
+        self.history_rows: dict[str, str] = {}
+        self.pending_rows: list[str] = []
+        self.closed = 0
+
+    async def save(self, records: list[TaskRecord]) -> int:
+        for record in records:
+            self.history_rows[record.task_id] = record.model_dump_json()
+        return len(records)
+
+    async def load(self) -> list[TaskRecord]:
+        return [TaskRecord.model_validate_json(row) for row in self.history_rows.values()]
+
+    async def save_pending(self, records: list[TaskRecord]) -> int:
+        self.pending_rows = [r.model_dump_json() for r in records]
+        return len(records)
+
+    async def load_pending(self) -> list[TaskRecord]:
+        return [TaskRecord.model_validate_json(row) for row in self.pending_rows]
+
+    async def clear_pending(self) -> None:
+        self.pending_rows = []
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_custom_backend_with_only_the_six_methods() -> None:
+    backend = SixMethodBackend()
+    gate = asyncio.Event()
+    ran: list[int] = []
+
+    def register(tm: TaskManager) -> Any:
+        @tm.task(name="custom.job", persist=True)
+        async def job(n: int) -> None:
+            if n == 0:
+                await gate.wait()
+            ran.append(n)
+            if n == 2:
+                raise RuntimeError("two fails")
+
+        return job
+
+    first = TaskManager(snapshot_backend=backend, max_concurrent_tasks=1, shutdown_grace=0.01)
+    job = register(first)
+    async with first:
+        await first.enqueue(job, 0)
+        pending = await first.enqueue(job, 1)
+    assert len(backend.pending_rows) == 1 and backend.closed == 1
+    gate.set()
+    second = TaskManager(snapshot_backend=backend)
+    job = register(second)
+    async with second:
+        assert (await finished(second, pending)).status is TaskStatus.SUCCESS
+        failed = await second.enqueue(job, 2)
+        await finished(second, failed)
+        await second.flush()
+        second.store.remove(failed)
+        page = await second.history.query(status="failed")
+        assert [r.task_id for r in page] == [failed]
+        assert await second.history.count(status="success") >= 1
+    assert ran == [1, 2]
