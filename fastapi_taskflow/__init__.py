@@ -37,6 +37,7 @@ from ._models import (
 )
 from ._registry import TaskConfig
 from ._retry import RetryPolicy
+from ._schema import migrate
 from .web import TaskAdmin
 
 __version__ = "0.1.0"
@@ -72,5 +73,6 @@ __all__ = [
     "UnstorableArgumentError",
     "__version__",
     "get_task_context",
+    "migrate",
     "task_log",
 ]

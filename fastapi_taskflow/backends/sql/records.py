@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, timedelta
 from typing import Any
 
 from pydantic import Json, TypeAdapter
 
 from ..._models import TaskRecord
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
+
+_TIMESTAMPS = ("created_at", "start_time", "end_time", "updated_at")
+_ZERO = timedelta(0)
 
 Row = dict[str, Any]
 BulkEncoder = Callable[[list[Any]], list[Any]]
@@ -150,5 +154,11 @@ def from_history_row(row: Mapping[Any, Any]) -> TaskRecord:
 
 
 def from_pending_row(document: Any) -> TaskRecord:
-    """A record from the ``record`` column of ``taskflow_pending``."""
-    return TaskRecord.model_validate(document)
+    """A record from the ``record`` column of ``taskflow_pending``, timestamps in UTC."""
+    record = TaskRecord.model_validate(document)
+    shifted = {
+        name: stamp.astimezone(UTC)
+        for name in _TIMESTAMPS
+        if (stamp := getattr(record, name)) is not None and stamp.utcoffset() != _ZERO
+    }
+    return record.model_copy(update=shifted) if shifted else record
