@@ -63,6 +63,10 @@ class Dispatcher:
             for name, lane in self._lanes.items()
         }
 
+    def busy(self) -> int:
+        """Jobs running or accepted but not started, across queues."""
+        return len(self.running) + sum(lane.admitted for lane in self._lanes.values())
+
     def admit(self, job: Job) -> bool:
         """Reserve room for ``job`` in its queue; False when the queue is full."""
         lane = self._lanes[job.record.queue]

@@ -1,17 +1,29 @@
-"""Batched writes of completed records to the backend (the snapshot cycle)."""
+"""Batched writes to the backend: write-ahead of accepted tasks and the snapshot cycle."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
+from ._job import Job
 from ._models import TaskRecord, TaskStatus
-from .backends.base import SnapshotBackend
+from .backends.base import Coordinator, SnapshotBackend
 
 logger = logging.getLogger("fastapi_taskflow")
 
 _URGENT = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteAhead:
+    """Where and how accepted tasks are recorded before they run."""
+
+    coordinator: Coordinator
+    owner: str
+    lease_s: float
+    key_ttl_s: float
 
 
 class Flusher:
@@ -22,6 +34,10 @@ class Flusher:
     Other terminal states wait for the periodic ``interval``. A record completing twice
     before a flush is written once. When a write fails, the batch is kept (up to
     ``max_buffer`` records, newest kept) and retried with backoff.
+
+    With ``write_ahead``, accepted tasks are first added to the shared pending store, in
+    the same cycle and before history: a task that already finished is not added (its
+    history record completes it), so the pending store never keeps a finished task.
     """
 
     def __init__(
@@ -31,8 +47,11 @@ class Flusher:
         interval: float,
         batch_size: int = 1000,
         max_buffer: int = 1_000_000,
+        write_ahead: WriteAhead | None = None,
     ) -> None:
         self._backend = backend
+        self._write_ahead = write_ahead
+        self._accepting: dict[str, tuple[Job, asyncio.Future[bool]]] = {}
         self._interval = interval
         self._batch_size = batch_size
         self._max_buffer = max_buffer
@@ -60,9 +79,35 @@ class Flusher:
         if record.status in _URGENT:
             self._wake.set()
 
+    def accept(self, job: Job) -> asyncio.Future[bool]:
+        """Queue ``job`` for the pending store; the future says whether it was added (False:
+        another instance already holds a task with this id)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._accepting[job.task_id] = (job, future)
+        self._wake.set()
+        return future
+
     @property
     def backlog(self) -> int:
         return len(self._dirty)
+
+    async def _write_ahead_batch(self) -> None:
+        assert self._write_ahead is not None
+        while self._accepting:
+            batch = list(self._accepting.values())[: self._batch_size]
+            live = [
+                job.record.model_copy() for job, _ in batch if not job.record.status.is_terminal
+            ]
+            wal = self._write_ahead
+            added = set(
+                await wal.coordinator.accept(
+                    live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
+                )
+            ) if live else set()  # fmt: skip
+            for job, future in batch:
+                del self._accepting[job.task_id]
+                if not future.done():
+                    future.set_result(job.record.status.is_terminal or job.task_id in added)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="taskflow-flusher")
@@ -83,6 +128,8 @@ class Flusher:
         """Write every buffered record now; returns how many were written."""
         written = 0
         async with self._lock:
+            if self._write_ahead is not None:
+                await self._write_ahead_batch()
             while self._dirty:
                 batch = list(self._dirty.values())[: self._batch_size]
                 for record in batch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
@@ -16,61 +15,10 @@ from ._models import (
     TaskRecord,
     TaskStatus,
 )
-from .backends.base import HistoryRepository, SnapshotBackend
+from ._query import page_of, stats_of
+from .backends.base import Coordinator, HistoryRepository, SnapshotBackend
 
 MAX_LIMIT = 1000
-
-
-def page_of(
-    records: Iterable[TaskRecord], filter: TaskFilter, limit: int, cursor: str | None
-) -> TaskPage:
-    """Filter, order newest first and cut one page out of ``records`` (in memory)."""
-    after = _cursor.decode(cursor) if cursor else None
-    matching = [
-        r for r in records if filter.matches(r) and (after is None or _cursor.sort_key(r) < after)
-    ]
-    matching.sort(key=_cursor.sort_key, reverse=True)
-    items = matching[:limit]
-    more = len(matching) > limit
-    return TaskPage(items=items, next_cursor=_cursor.encode(items[-1]) if more and items else None)
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    position = fraction * (len(values) - 1)
-    low = int(position)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (position - low)
-
-
-def stats_of(records: Iterable[TaskRecord]) -> list[FunctionStats]:
-    """Per-function aggregates computed in memory."""
-    groups: dict[str, list[TaskRecord]] = {}
-    for record in records:
-        groups.setdefault(record.func_name, []).append(record)
-    result = []
-    for name, group in sorted(groups.items()):
-        success = sum(r.status is TaskStatus.SUCCESS for r in group)
-        failed = sum(r.status is TaskStatus.FAILED for r in group)
-        durations = sorted(r.duration for r in group if r.duration is not None)
-        finished = success + failed
-        result.append(
-            FunctionStats(
-                func_name=name,
-                total=len(group),
-                success=success,
-                failed=failed,
-                success_rate=success / finished if finished else None,
-                duration_p50=_percentile(durations, 0.50),
-                duration_p95=_percentile(durations, 0.95),
-                duration_p99=_percentile(durations, 0.99),
-                duration_avg=statistics.fmean(durations) if durations else None,
-            )
-        )
-    return result
 
 
 class RecordsRepository:
@@ -177,18 +125,22 @@ class TaskHistory:
     ) -> None:
         self._live = RecordsRepository(live)
         self._lookup = lookup
+        self._shared: Coordinator | None = None
         self._live_records = live
         self._stored = stored
         self._unsaved = unsaved
 
-    def attach(self, stored: HistoryRepository) -> None:
-        """Read saved history from ``stored`` too (done at start-up, once the backend is
-        open)."""
+    def attach(self, stored: HistoryRepository, shared: Coordinator | None = None) -> None:
+        """Read saved history from ``stored`` too, and with ``shared`` the live tasks of
+        every instance (done at start-up, once the backend is open)."""
         self._stored = stored
+        self._shared = shared
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record with ``task_id``, or ``None``."""
         record = self._lookup(task_id)
+        if record is None and self._shared is not None:
+            record = await self._shared.get_live(task_id)
         if record is None and self._stored is not None:
             record = await self._stored.get(task_id)
         return record
@@ -224,20 +176,23 @@ class TaskHistory:
         """Like :meth:`query`, with a prepared :class:`TaskFilter`."""
         if not 1 <= limit <= MAX_LIMIT:
             raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-        live = await self._live.query(filter, limit=limit, cursor=cursor)
-        if self._stored is None or (filter.statuses and set(filter.statuses) <= LIVE_STATUSES):
-            return live
-        stored = await self._stored.query(filter, limit=limit, cursor=cursor)
-        merged = {r.task_id: r for r in stored.items}
-        merged.update((r.task_id, r) for r in live.items)
+        pages = [await self._live.query(filter, limit=limit, cursor=cursor)]
+        wants_live = not filter.statuses or bool(set(filter.statuses) & LIVE_STATUSES)
+        wants_done = not filter.statuses or not set(filter.statuses) <= LIVE_STATUSES
+        if self._shared is not None and wants_live:
+            pages.insert(0, await self._shared.live(filter, limit=limit, cursor=cursor))
+        if self._stored is not None and wants_done:
+            pages.insert(0, await self._stored.query(filter, limit=limit, cursor=cursor))
+        if len(pages) == 1:
+            return pages[0]
+        merged: dict[str, TaskRecord] = {}
+        for page in pages:  # later pages win: stored < shared live view < this process
+            merged.update((r.task_id, r) for r in page.items)
         ordered = sorted(merged.values(), key=_cursor.sort_key, reverse=True)
         items = ordered[:limit]
-        more = (
-            len(ordered) > limit or live.next_cursor is not None or stored.next_cursor is not None
-        )
-        return TaskPage(
-            items=items, next_cursor=_cursor.encode(items[-1]) if more and items else None
-        )
+        more = len(ordered) > limit or any(page.next_cursor for page in pages)
+        next_cursor = _cursor.encode(items[-1]) if more and items else None
+        return TaskPage(items=items, next_cursor=next_cursor)
 
     async def count(self, **filters: object) -> int:
         """How many records match (same keyword filters as :meth:`query`)."""
@@ -247,11 +202,15 @@ class TaskHistory:
         if self._stored is None:
             return await self._live.count(filter)
         unsaved = self._unsaved()
-        extra = sum(
-            1
-            for r in self._live_records()
-            if filter.matches(r) and (r.status in LIVE_STATUSES or r.task_id in unsaved)
-        )
+        local = [r for r in self._live_records() if filter.matches(r)]
+        extra = sum(1 for r in local if r.status in LIVE_STATUSES or r.task_id in unsaved)
+        if self._shared is not None and not (
+            filter.statuses and not set(filter.statuses) & LIVE_STATUSES
+        ):
+            # live tasks of other instances (the shared view holds ours too)
+            mine = {r.task_id for r in local if r.status in LIVE_STATUSES}
+            page = await self._shared.live(filter, limit=MAX_LIMIT)
+            extra += sum(1 for r in page.items if r.task_id not in mine)
         return await self._stored.count(filter) + extra
 
     async def stats(self, **filters: object) -> list[FunctionStats]:

@@ -33,6 +33,8 @@ class Job:
     in_thread: bool = False
     args_stored: bool = True
     done: asyncio.Event | None = field(default=None)
+    durable: asyncio.Future[bool] | None = None  # write-ahead outcome, for persisted tasks
+    leased: bool = False  # held in the shared pending store under this instance's lease
 
     @property
     def task_id(self) -> str:

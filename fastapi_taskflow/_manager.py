@@ -27,14 +27,15 @@ from ._errors import (
     UnknownTaskError,
 )
 from ._executor import Executor
-from ._flusher import Flusher
+from ._flusher import Flusher, WriteAhead
 from ._history import LoadingRepository, TaskHistory
 from ._job import Job, Stage
+from ._leases import LeaseKeeper
 from ._models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
 from ._retry import RetryPolicy
 from ._store import TaskStore
-from .backends.base import SnapshotBackend
+from .backends.base import Coordinator, SnapshotBackend
 
 if TYPE_CHECKING:
     from ._background import ManagedBackgroundTasks
@@ -50,6 +51,7 @@ _RETRYABLE = frozenset(
 )
 
 
+_KEY_NAMESPACE = uuid.UUID("6f1d2c8e-57a4-4c1b-9a51-2b7f3f0c9e11")
 _NOT_STARTED = "interrupted: the application shut down before it started"
 
 
@@ -102,6 +104,9 @@ class TaskManager:
         retry_replaces_original: bool = True,
         shutdown_grace: float = 10.0,
         instance_id: str | None = None,
+        lease_s: float = 30.0,
+        idempotency_ttl_s: float = 86_400.0,
+        durability_timeout: float = 5.0,
     ) -> None:
         chosen = [
             n
@@ -128,6 +133,13 @@ class TaskManager:
             raise ConfigurationError(
                 f"snapshot_interval must be > 0 seconds, got {snapshot_interval}"
             )
+        for label, seconds in (
+            ("lease_s", lease_s),
+            ("idempotency_ttl_s", idempotency_ttl_s),
+            ("durability_timeout", durability_timeout),
+        ):
+            if seconds <= 0:
+                raise ConfigurationError(f"{label} must be > 0 seconds, got {seconds}")
         if shutdown_grace < 0:
             raise ConfigurationError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
         if snapshot_db is not None:
@@ -145,6 +157,12 @@ class TaskManager:
         self.retry_replaces_original = retry_replaces_original
         self.shutdown_grace = shutdown_grace
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.lease_s = lease_s
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.durability_timeout = durability_timeout
+        self._coordinator: Coordinator | None = None
+        self._leases: LeaseKeeper | None = None
+        self._changed: dict[str, TaskRecord] = {}
         self._queues = {
             DEFAULT_QUEUE: QueueConfig(
                 name=DEFAULT_QUEUE, max_concurrency=max_concurrent_tasks, max_size=max_size
@@ -278,22 +296,42 @@ class TaskManager:
             raise NotStartedError("this TaskManager was shut down; create a new one to restart")
         self._executor = Executor(
             sync_slots=asyncio.Semaphore(self.max_sync_threads),
-            on_change=lambda job: self.store.changed(job.record),
+            on_change=self._on_change,
             on_terminal=self._on_terminal,
         )
         self._dispatcher = Dispatcher(
             self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned
         )
-        if self.backend is not None:
-            await self.backend.open()
-            self.history.attach(self.backend.history() or LoadingRepository(self.backend))
-            self._flusher = Flusher(self.backend, interval=self.snapshot_interval)
+        backend = self.backend
+        if backend is not None:
+            await backend.open()
+            self._coordinator = coordinator = backend.coordinator()
+            self.history.attach(backend.history() or LoadingRepository(backend), coordinator)
+            write_ahead = None
+            if coordinator is not None:
+                write_ahead = WriteAhead(
+                    coordinator=coordinator, owner=self.instance_id, lease_s=self.lease_s,
+                    key_ttl_s=self.idempotency_ttl_s,
+                )  # fmt: skip
+            self._flusher = Flusher(
+                backend, interval=self.snapshot_interval, write_ahead=write_ahead
+            )
         self._state = _State.RUNNING
-        if self.backend is not None:
-            await self._requeue(await self.backend.load_pending())
-            await self.backend.clear_pending()
+        if backend is not None:
             assert self._flusher is not None
+            if self._coordinator is None:
+                await self._requeue(await backend.load_pending())
+                await backend.clear_pending()
             self._flusher.start()
+            if self._coordinator is not None:
+                from ._recovery import Recovery
+
+                self._leases = LeaseKeeper(
+                    Recovery(self), self._coordinator, owner=self.instance_id,
+                    lease_s=self.lease_s, interval=self.lease_s / 3,
+                )  # fmt: skip
+                await self._leases.beat(reclaim_own=True)
+                self._leases.start()
 
     async def shutdown(self) -> None:
         """Stop accepting tasks, let running ones finish within ``shutdown_grace`` seconds,
@@ -315,7 +353,8 @@ class TaskManager:
         to_requeue: list[TaskRecord] = list(self._orphans)
         for job in not_started:
             if self._persists(job.config):
-                to_requeue.append(job.record.model_copy())
+                if job.durable is None or not job.durable.done() or job.durable.result():
+                    to_requeue.append(job.record.model_copy())
             else:
                 self._executor.finish(
                     job,
@@ -327,10 +366,15 @@ class TaskManager:
             if requeue and job.record.status is TaskStatus.INTERRUPTED:
                 to_requeue.append(job.record.model_copy(update={"status": TaskStatus.PENDING}))
         try:
+            if self._leases is not None:
+                await self._leases.stop()
             if self.backend is not None:
                 assert self._flusher is not None
                 await self._flusher.stop()
-                await self.backend.save_pending(to_requeue)
+                if self._coordinator is not None:
+                    await self._coordinator.release(self.instance_id, to_requeue)
+                else:
+                    await self.backend.save_pending(to_requeue)
         finally:
             self._state = _State.STOPPED
             if self.backend is not None:
@@ -374,6 +418,7 @@ class TaskManager:
         source: str = "request",
         task_id: str | None = None,
         created_at: Any = None,
+        write_ahead: bool = True,
     ) -> Job:
         """Accept a task: validate it, record it as pending and reserve its queue slot.
 
@@ -402,7 +447,12 @@ class TaskManager:
             isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
         ):
             raise ConfigurationError(f"tags must map str to str, got {tags!r}")
-        exact = self._persists(config)
+        persisted = exact = self._persists(config)
+        shared = persisted and self._coordinator is not None
+        if shared and idempotency_key is not None and task_id is None:
+            # One id per key on every instance: the shared pending store's unique task id
+            # then decides atomically which instance's task exists.
+            task_id = uuid.uuid5(_KEY_NAMESPACE, idempotency_key).hex
         if exact:
             check_storable(config.name, args, kwargs)
             stored_args, stored_kwargs = list(args), dict(kwargs)
@@ -458,12 +508,51 @@ class TaskManager:
                 queue=queue_name,
             )
         self.store.add(job)
+        if shared and write_ahead:
+            assert self._flusher is not None
+            job.durable = self._flusher.accept(job)
         return job
 
     def dispatch(self, job: Job) -> None:
-        """Let an accepted job start (now, or when its queue has room)."""
+        """Let an accepted job start (now, or when its queue has room).
+
+        A persisted task in a shared deployment starts once its write-ahead record is
+        durable (or after ``durability_timeout`` if the backend is unreachable).
+        """
         if job.stage is not Stage.HELD:
             return
+        durable = job.durable
+        if durable is not None and not durable.done():
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self.durability_timeout, self._after_durable, job)
+
+            def durable_done(_: object) -> None:
+                timer.cancel()
+                self._after_durable(job)
+
+            durable.add_done_callback(durable_done)
+            return
+        self._after_durable(job)
+
+    def _after_durable(self, job: Job) -> None:
+        if job.stage is not Stage.HELD:
+            return
+        durable = job.durable
+        if durable is not None and durable.done() and not durable.exception():
+            if not durable.result():  # another instance holds a task with this id
+                assert self._dispatcher is not None
+                self._dispatcher.release(job)
+                job.stage = Stage.DONE
+                if self.store.get(job.task_id) is job:
+                    self.store.remove(job.task_id)
+                return
+            job.leased = True
+        elif durable is not None:
+            logger.warning(
+                "fastapi-taskflow: task %s starts before its write-ahead record is saved "
+                "(the backend is slow or unreachable); a crash now would lose it",
+                job.task_id,
+            )
         if self._state is not _State.RUNNING:
             assert self._executor is not None
             self._executor.finish(
@@ -509,6 +598,10 @@ class TaskManager:
             queue=queue,
             source="enqueue",
         )
+        if job.durable is not None and not job.durable.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.durability_timeout):
+                    await asyncio.shield(job.durable)
         self.dispatch(job)
         return job.task_id
 
@@ -542,11 +635,24 @@ class TaskManager:
 
     # ------------------------------------------------------------------ actions
 
+    def _on_change(self, job: Job) -> None:
+        self.store.changed(job.record)
+        if job.leased:
+            self._changed[job.task_id] = job.record
+
     def _on_terminal(self, job: Job) -> None:
         if self._dispatcher is not None:
             self._dispatcher.finished(job)
         self.store.completed(job)
-        if self._flusher is not None:
+        self._changed.pop(job.task_id, None)
+        released = (
+            self._state is _State.STOPPING
+            and job.leased
+            and job.config.requeue_on_interrupt
+            and job.record.status is TaskStatus.INTERRUPTED
+        )
+        job.leased = False
+        if self._flusher is not None and not released:
             self._flusher.add(job.record)
         if job.done is not None:
             job.done.set()
@@ -582,8 +688,21 @@ class TaskManager:
             self.dispatch(job)
 
     async def cancel(self, task_id: str, reason: str = "cancelled on request") -> TaskRecord:
-        """Cancel a task: a pending one never runs; a running async one is cancelled."""
+        """Cancel a task: a pending one never runs; a running async one is cancelled.
+
+        In a shared deployment a task held by another instance is cancelled by that instance
+        at its next heartbeat; the returned record then still shows its current status.
+        """
         job = self.store.get(task_id)
+        if job is None and self._coordinator is not None:
+            shared = await self._coordinator.get_live(task_id)
+            if shared is not None:
+                from ._recovery import Recovery
+
+                job = await Recovery(self).take(task_id)
+                if job is None:
+                    await self._coordinator.request_cancel(task_id)
+                    return shared
         if job is None:
             if await self.history.get(task_id) is not None:
                 raise InvalidTaskStateError(f"task {task_id} has already finished")

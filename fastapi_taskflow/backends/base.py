@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._models import FunctionStats, TaskFilter, TaskPage, TaskRecord
 
@@ -34,6 +34,84 @@ class HistoryRepository(Protocol):
 
     async def stats(self, filter: TaskFilter) -> list[FunctionStats]:
         """Per-function aggregates over the records matching ``filter``."""
+        ...
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """Shared state that lets several instances act as one: a write-ahead pending store
+    with leases, idempotency keys, a shared live view and cross-instance cancellation.
+
+    A backend that offers a coordinator must also make :meth:`SnapshotBackend.save` remove
+    the saved task ids from its pending store in the same transaction: a task's terminal
+    record landing in history is what completes it.
+    """
+
+    async def accept(
+        self,
+        records: Sequence[TaskRecord],
+        *,
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        connection: Any = None,
+    ) -> list[str]:
+        """Durably add newly accepted tasks to the pending store, held by ``owner`` for
+        ``lease_s`` seconds (``owner=None``: any instance may claim them); return the ids
+        actually added.
+
+        A record is skipped when its ``task_id`` is already in the pending store, or (for a
+        record with an ``idempotency_key``) when history holds that id with status success
+        and ``end_time`` within the last ``key_ttl_s`` seconds. Task ids of keyed tasks are
+        derived from the key, so this makes idempotency atomic across instances. With
+        ``connection`` (an SQLAlchemy ``AsyncConnection``), write inside the caller's open
+        transaction instead of a transaction of its own.
+        """
+        ...
+
+    async def update(self, records: Sequence[TaskRecord]) -> None:
+        """Store the current state of live tasks (status, attempts, logs) for the shared
+        live view; tasks no longer in the pending store are ignored."""
+        ...
+
+    async def renew(self, owner: str, task_ids: Sequence[str], *, lease_s: float) -> list[str]:
+        """Extend ``owner``'s leases; return the ids among ``task_ids`` it no longer holds."""
+        ...
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        limit: int,
+        task_ids: Sequence[str] | None = None,
+        reclaim_own: bool = False,
+    ) -> list[TaskRecord]:
+        """Atomically take up to ``limit`` pending tasks that nobody holds or whose lease
+        expired (optionally only ``task_ids``; with ``reclaim_own``, also those ``owner``
+        held in a previous life). Each task is claimed by exactly one caller."""
+        ...
+
+    async def release(self, owner: str, records: Sequence[TaskRecord]) -> None:
+        """Give tasks back (status pending, no owner) so that any instance may run them."""
+        ...
+
+    async def live(
+        self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """Tasks in the pending store (pending or running on any instance), newest first."""
+        ...
+
+    async def get_live(self, task_id: str) -> TaskRecord | None:
+        """One task of the pending store, or ``None``."""
+        ...
+
+    async def request_cancel(self, task_id: str) -> bool:
+        """Ask the instance running ``task_id`` to cancel it; False if it is not pending."""
+        ...
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        """Ids of ``owner``'s tasks whose cancellation was requested (and not yet seen)."""
         ...
 
 
@@ -72,6 +150,11 @@ class SnapshotBackend(abc.ABC):
 
     async def open(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Connect and prepare storage (tables, migrations). Called once at start-up."""
+
+    def coordinator(self) -> Coordinator | None:
+        """Multi-instance coordination, or ``None`` (the default): then unfinished tasks are
+        saved with :meth:`save_pending` at shutdown and requeued at the next start-up."""
+        return None
 
     def history(self) -> HistoryRepository | None:
         """A native history repository, or ``None`` to let the manager query ``load()``."""

@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from .. import _cursor
 from .._errors import BackendError, ConfigurationError, MissingDriverError, NotStartedError
-from .._history import stats_of
 from .._models import FunctionStats, TaskFilter, TaskPage, TaskRecord, TaskStatus
+from .._query import stats_of
 from .base import SnapshotBackend
 
 try:

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from .._errors import ConfigurationError
 from .._manager import TaskManager
 from ._api import build_router
-from ._auth import auth_config
+from ._auth import AuthSpec, auth_config
 from ._events import EventHub, build_events_router
 from ._export import build_export_router
 from ._login import build_login_router
@@ -61,7 +61,7 @@ class TaskAdmin:
         path: str = "/tasks",
         display_func_args: bool = False,
         auto_install: bool = False,
-        auth: Any = None,
+        auth: AuthSpec = None,
         api_keys: Mapping[str, str] | None = None,
         secret_key: str | bytes | None = None,
         secure_cookies: bool | None = None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from .._errors import ConfigurationError
 
 Role: TypeAlias = Literal["admin", "read"]
+Credentials: TypeAlias = tuple[str, str] | tuple[str, str, str]
 ROLES: frozenset[str] = frozenset({"admin", "read"})
 
 
@@ -53,7 +54,7 @@ class PasswordAuth:
     takes does not tell which usernames exist.
     """
 
-    def __init__(self, users: Iterable[tuple[str, str] | tuple[str, str, str]]) -> None:
+    def __init__(self, users: Iterable[Credentials]) -> None:
         self._users: list[tuple[bytes, bytes, Role]] = []
         seen: set[str] = set()
         for entry in users:
@@ -92,6 +93,10 @@ def _is_credential_list(auth: object) -> bool:
     if isinstance(auth, tuple) and len(auth) in (2, 3) and all(isinstance(x, str) for x in auth):
         return False
     return isinstance(auth, list | tuple) and all(isinstance(x, tuple) for x in auth)
+
+
+# What TaskAdmin(auth=...) accepts.
+AuthSpec: TypeAlias = Credentials | Sequence[Credentials] | AuthBackend | Callable[..., Any] | None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,6 +65,7 @@ class EventHub:
         self._store = store
         self._max_backlog = max_backlog
         self._clients: set[Client] = set()
+        self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self.encode_seconds = 0.0  # time spent encoding (shared by all clients)
         self.fanout_seconds = 0.0  # time spent queueing frames for clients
@@ -76,8 +77,12 @@ class EventHub:
     def connect(self) -> Client:
         client = Client(self._max_backlog)
         self._clients.add(client)
-        if self._pump is None or self._pump.done():
-            self._pump = asyncio.create_task(self._run(), name="fastapi-taskflow-events")
+        if self._subscription is None:  # subscribe now, so no change slips by
+            subscription = self._store.subscribe(maxsize=10_000)
+            self._subscription = subscription
+            self._pump = asyncio.create_task(
+                self._run(subscription), name="fastapi-taskflow-events"
+            )
         return client
 
     def disconnect(self, client: Client) -> None:
@@ -95,13 +100,13 @@ class EventHub:
                 await self._pump
             self._pump = None
 
-    async def _run(self) -> None:
-        subscription = self._store.subscribe(maxsize=10_000)
+    async def _run(self, subscription: Subscription) -> None:
         try:
             while self._clients:
                 await self._forward(subscription)
         finally:
             self._store.unsubscribe(subscription)
+            self._subscription = None
 
     async def _forward(self, subscription: Subscription) -> None:
         changed: dict[str, TaskRecord] = {}

@@ -184,13 +184,16 @@ class Security:
     # ------------------------------------------------------------------ guards
 
     def unauthorized(self) -> HTTPException:
-        how = "sign in at {path}/login or send " if self.config.login else "send "
+        ways = []
+        if self.config.login is not None:
+            ways.append(f"sign in at {self.path}/login")
         if self.config.dependency is not None:
-            how = "sign in to the application or send "
+            ways.append("sign in to the application")
+        if self._keys:
+            ways.append("send 'Authorization: Bearer <api key>'")
         return HTTPException(
             401,
-            f"authentication required: {how.format(path=self.path)}"
-            "'Authorization: Bearer <api key>'",
+            f"authentication required: {' or '.join(ways)}",
             headers={"WWW-Authenticate": 'Bearer realm="fastapi-taskflow"'},
         )
 

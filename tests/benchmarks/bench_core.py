@@ -530,26 +530,27 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _ratio(result: Result, base: Result | None) -> float | None:
-    if base is None or base.error or not base.median() or result.error:
+def _base(result: Result, results: list[Result]) -> Result | None:
+    """What a taskflow row is compared with: starlette (in memory) or taskflow in memory."""
+    if result.variant.kind != "taskflow":
         return None
-    return (result.median() or 0.0) / (base.median() or 1.0)
+    want = (
+        Variant("starlette", client=result.variant.client)
+        if result.variant.backend == "memory"
+        else Variant("taskflow", client=result.variant.client)
+    )
+    base = next((r for r in results if r.variant == want), None)
+    return None if base is None or base.error or not base.runs else base
 
 
-def ratios(results: list[Result]) -> dict[int, float | None]:
-    """Each taskflow row against its base: starlette (memory rows) or taskflow memory."""
-    found: dict[int, float | None] = {}
-    for result in results:
-        if result.variant.kind != "taskflow":
-            continue
-        want = (
-            Variant("starlette", client=result.variant.client)
-            if result.variant.backend == "memory"
-            else Variant("taskflow", client=result.variant.client)
-        )
-        base = next((r for r in results if r.variant == want), None)
-        found[id(result)] = _ratio(result, base)
-    return found
+def ratios(result: Result, results: list[Result]) -> tuple[float | None, float | None]:
+    """(throughput ratio, server-CPU ratio) of a taskflow row against its base row."""
+    base = _base(result, results)
+    if base is None or result.error or not result.runs:
+        return None, None
+    rate = (result.median() or 0.0) / (base.median() or 1.0)
+    cost, base_cost = result.median("server_cpu_us_per_task"), base.median("server_cpu_us_per_task")
+    return rate, (base_cost / cost if cost and base_cost else None)
 
 
 def print_throughput(results: list[Result], opts: argparse.Namespace) -> None:
@@ -557,16 +558,16 @@ def print_throughput(results: list[Result], opts: argparse.Namespace) -> None:
         f"\nCore throughput: {opts.tasks:,} no-op async tasks through HTTP, {opts.per_request} "
         f"per request, {opts.concurrency} concurrent connections, median of {opts.repeat} runs "
         f"(warm-up {opts.warmup:,} tasks per server, max_records={opts.max_records:,}); "
-        f"{os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.2f} at the end"
+        f"{os.cpu_count()} CPUs, load average {opts.load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after"
     )
     header = (
         f"{'variant':<34} {'client':<6} {'tasks/s':>9} {'min':>8} {'max':>8} {'ratio':>6}  "
-        f"{'srv µs/task':>11} {'srv CPU':>7} {'srv GC':>6} {'cli CPU':>7} {'durable/s':>9}"
+        f"{'srv µs/task':>11} {'cpu ratio':>9} {'srv CPU':>7} {'srv GC':>6} {'cli CPU':>7} "
+        f"{'durable/s':>9}"
     )
     print(header)
     print("-" * len(header))
-    found = ratios(results)
     for result in results:
         variant = result.variant
         if result.error:
@@ -575,10 +576,12 @@ def print_throughput(results: list[Result], opts: argparse.Namespace) -> None:
             )
             continue
         rates = [r.tasks_per_s for r in result.runs]
+        rate_ratio, cpu_ratio = ratios(result, results)
         print(
             f"{variant.label:<34} {variant.client:<6} {_fmt(result.median(), ',.0f'):>9} "
-            f"{min(rates):>8,.0f} {max(rates):>8,.0f} {_fmt(found.get(id(result)), '.2f'):>6}  "
+            f"{min(rates):>8,.0f} {max(rates):>8,.0f} {_fmt(rate_ratio, '.2f'):>6}  "
             f"{_fmt(result.median('server_cpu_us_per_task'), '.1f'):>11} "
+            f"{_fmt(cpu_ratio, '.2f'):>9} "
             f"{_fmt(result.median('server_cpu_share'), '.0%'):>7} "
             f"{_fmt(result.median('server_gc_share'), '.0%'):>6} "
             f"{_fmt(result.median('client_cpu_share'), '.0%'):>7} "
@@ -587,7 +590,10 @@ def print_throughput(results: list[Result], opts: argparse.Namespace) -> None:
     print(
         f"ratio: taskflow in memory vs starlette with the same client (target >= "
         f"{STARLETTE_TARGET}); each backend vs taskflow memory (registered) (target >= "
-        f"{BACKEND_TARGET}).\nsrv µs/task: server CPU time per task; srv/cli CPU: share of one "
+        f"{BACKEND_TARGET}).\nsrv µs/task: server CPU time per task (the app's process only, "
+        f"not a database server's); cpu ratio: the base row's srv µs/task divided by this "
+        f"row's, i.e. the ratio of what one dedicated core could sustain, which other load on "
+        f"the machine disturbs far less than wall-clock throughput; srv/cli CPU: share of one "
         f"core used by the server / this client process during the run (near 100% = that side "
         f"is the bottleneck); srv GC: share of the run the server spent in the garbage "
         f"collector; durable/s: tasks/s counted until task_manager.flush() returned."
@@ -760,6 +766,7 @@ def _write_json(path: str, report: dict[str, Any]) -> None:
 
 
 async def run_throughput(opts: argparse.Namespace) -> list[Result]:
+    opts.load_before = os.getloadavg()[0]
     databases = _Databases(opts)
     results = [Result(v) for v in _variants(opts)]
     try:
@@ -913,6 +920,8 @@ async def amain(opts: argparse.Namespace) -> int:
                 "variant": r.variant.label,
                 **asdict(r.variant),
                 "median_tasks_per_s": r.median(),
+                "ratio": ratios(r, results)[0],
+                "cpu_ratio": ratios(r, results)[1],
                 "runs": [asdict(run) for run in r.runs],
                 "error": r.error,
             }

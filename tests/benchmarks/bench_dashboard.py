@@ -73,21 +73,23 @@ def build_app(db: str, *, demo: bool) -> Any:
     async def hold(n: int) -> None:
         await release.wait()
 
+    live_records: list[Any] = []
+
     @app.post("/bench/live")
     async def live(n: int) -> dict[str, int]:
         for i in range(n):
             await manager.enqueue(hold, i)
-        return {"live": sum(1 for _ in manager.store)}
+        live_records[:] = [job.record for job in manager.store if not job.record.status.is_terminal]
+        return {"live": len(live_records)}
 
     offset = [0]
 
     @app.post("/bench/change")
     async def change(n: int) -> dict[str, int]:
         """Change ``n`` different live tasks at once (what a status change does)."""
-        jobs = [job for job in manager.store if not job.record.status.is_terminal]
-        n = min(n, len(jobs))
+        n = min(n, len(live_records))
         for i in range(n):
-            record = jobs[(offset[0] + i) % len(jobs)].record
+            record = live_records[(offset[0] + i) % len(live_records)]
             record.updated_at = datetime.now(UTC)
             manager.store.changed(record)
         offset[0] += n
@@ -144,6 +146,7 @@ def add_demo_tasks(app: Any, manager: Any, task_log: Any) -> None:
             await manager.enqueue(send_welcome_email, f"user{i}@example.com", tags={"plan": "pro"})
             await manager.enqueue(build_avatar, f"user{i}")
             await manager.enqueue(charge_card, f"cus_{1040 + i}", random.randint(500, 9000))
+            await asyncio.sleep(0.15)
         await manager.enqueue(nightly_export, "2024-05-01", tags={"team": "data"})
         return {"ok": True}
 
@@ -404,8 +407,8 @@ async def screenshots(folder: Path) -> None:
         await fill_history(db, 0)
         async with server(db, demo=True) as srv:
             async with httpx.AsyncClient(base_url=srv.url) as http:
-                await http.post("/bench/demo")
-            await asyncio.sleep(3.0)
+                await http.post("/bench/demo", timeout=30)
+            await asyncio.sleep(2.5)
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(
                     executable_path=chromium_executable(), args=CHROMIUM_ARGS
@@ -422,6 +425,7 @@ async def screenshots(folder: Path) -> None:
                     suffix = "" if theme == "light" else "-dark"
                     await page.screenshot(path=folder / f"dashboard{suffix}.png")
                     if theme == "light":
+                        await page.set_viewport_size({"width": 1440, "height": 1250})
                         failed = page.locator('#tasks tbody tr[data-status="failed"]').first
                         await failed.click()
                         await page.wait_for_selector("#detail-stacktrace")

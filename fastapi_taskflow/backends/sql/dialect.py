@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import from_json
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
@@ -25,7 +26,6 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK_NAME = "fastapi_taskflow_migrate"
 MIGRATION_LOCK_ID = 0x7A5C_F10E  # pg_advisory_lock key: arbitrary, fixed, ours
 MIGRATION_LOCK_TIMEOUT_S = 300
-_BEGIN_OPTION = "taskflow_sqlite_begin"
 
 
 def is_mysql(name: str) -> bool:
@@ -38,7 +38,8 @@ def is_mysql(name: str) -> bool:
 def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> AsyncEngine:
     """An async engine with this library's per-dialect defaults; ``engine_kwargs`` win."""
     name = url.get_backend_name()
-    options: dict[str, Any] = {"echo": echo}
+    # pydantic-core parses JSON columns about three times faster than the json module.
+    options: dict[str, Any] = {"echo": echo, "json_deserializer": from_json}
     if name == "sqlite":
         if is_memory_sqlite(url):
             # One connection is the whole database; the pool hands it out one at a time.
@@ -66,20 +67,19 @@ def _make_parent_dir(url: URL) -> None:
 
 
 def install_sqlite_events(engine: AsyncEngine) -> None:
-    """WAL mode and a busy timeout on connect; BEGIN emitted by us (IMMEDIATE for writes).
+    """On every new SQLite connection: busy timeout, WAL, and ``BEGIN IMMEDIATE`` for writes.
 
-    pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
-    front; the SQLAlchemy documentation's recipe hands BEGIN to us instead.
+    pysqlite opens a transaction itself before the first INSERT/UPDATE/DELETE, with
+    ``"BEGIN " + isolation_level``. Making that ``BEGIN IMMEDIATE`` takes the write lock
+    up front, so a write transaction never fails half-way on a lock upgrade; reads run
+    without a transaction of their own (each SELECT sees one consistent snapshot).
     """
     sync_engine = engine.sync_engine
     if not event.contains(sync_engine, "connect", _sqlite_on_connect):
         event.listen(sync_engine, "connect", _sqlite_on_connect)
-    if not event.contains(sync_engine, "begin", _sqlite_on_begin):
-        event.listen(sync_engine, "begin", _sqlite_on_begin)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -87,18 +87,19 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+    dbapi_connection.isolation_level = "IMMEDIATE"
 
 
-def _sqlite_on_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get(_BEGIN_OPTION, "")
-    conn.exec_driver_sql(f"BEGIN {mode}".strip())
+async def begin_immediate(conn: AsyncConnection) -> None:
+    """Start a transaction holding SQLite's write lock now (not at the first write).
 
-
-async def for_writing(conn: AsyncConnection) -> AsyncConnection:
-    """Mark ``conn`` so its next transaction takes SQLite's write lock at BEGIN."""
+    For work whose first statement reads (migrations, claims). Other databases lock rows
+    as they go: there it simply begins.
+    """
     if conn.dialect.name == "sqlite":
-        await conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
-    return conn
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        await conn.begin()
 
 
 # --------------------------------------------------------------------------- upserts
@@ -156,8 +157,7 @@ async def migration_lock(conn: AsyncConnection) -> AsyncIterator[AsyncConnection
     """
     name = conn.dialect.name
     if name == "sqlite":
-        await for_writing(conn)
-        await conn.begin()
+        await begin_immediate(conn)
         try:
             yield conn
         finally:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._errors import BackendError
-from .dialect import for_writing, is_transient
+from .dialect import is_transient
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
@@ -38,8 +38,8 @@ async def _attempts(engine: AsyncEngine, work: Work[T], what: str, *, write: boo
     for delay in (*RETRY_DELAYS_S, None):
         try:
             async with engine.connect() as conn:
-                if write:
-                    await for_writing(conn)
+                if not write:
+                    return await work(conn)  # no explicit transaction: fewer round trips
                 async with conn.begin():
                     return await work(conn)
         except (SQLAlchemyError, OSError) as exc:

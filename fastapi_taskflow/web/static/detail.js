@@ -182,30 +182,26 @@ export class DetailPanel {
     this.title.textContent = task.func_name.split(".").pop();
     const args = task.args !== null || task.kwargs !== null;
     const tags = Object.entries(task.tags || {});
-    clear(this.body).append(
-      ...[
-        h("div", { class: "detail-title-row" }, statusBadge(task.status), h("code", null, task.task_id)),
-        this.actions(task),
-        facts(task),
-        tags.length
-          ? section("Tags", h("div", { class: "chips" }, tags.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`))))
-          : null,
-        args ? section("Arguments", pretty({ args: task.args, kwargs: task.kwargs })) : null,
-        task.error ? section("Error", h("pre", { class: "error-text", id: "detail-error" }, task.error)) : null,
-        task.stacktrace
-          ? section(
-              "Stack trace",
-              h("details", { open: true }, h("summary", null, "Show"), h("pre", { class: "mono", id: "detail-stacktrace" }, task.stacktrace)),
-            )
-          : null,
-        task.attempts.length ? section("Attempts", timeline(task.attempts)) : null,
-        section(
-          `Logs (${task.logs.length})`,
-          task.logs.length ? logTable(task.logs) : h("p", { class: "muted" }, "No log lines."),
-        ),
-      ]
-        .flat()
-        .filter(Boolean),
-    );
+    const chips = tags.map(([key, value]) => h("span", { class: "chip" }, `${key}=${value}`));
+    const logs = task.logs.length
+      ? logTable(task.logs)
+      : h("p", { class: "muted" }, "No log lines.");
+    const trace = h("pre", { class: "mono", id: "detail-stacktrace" }, task.stacktrace);
+    const parts = [
+      h("div", { class: "detail-title-row" }, statusBadge(task.status), h("code", null, task.task_id)),
+      this.actions(task),
+      facts(task),
+      tags.length ? section("Tags", h("div", { class: "chips" }, chips)) : null,
+      args ? section("Arguments", pretty({ args: task.args, kwargs: task.kwargs })) : null,
+      task.error
+        ? section("Error", h("pre", { class: "error-text", id: "detail-error" }, task.error))
+        : null,
+      task.attempts.length ? section("Attempts", timeline(task.attempts)) : null,
+      section(`Logs (${task.logs.length})`, logs),
+      task.stacktrace
+        ? section("Stack trace", h("details", { open: true }, h("summary", null, "Show"), trace))
+        : null,
+    ];
+    clear(this.body).append(...parts.flat().filter(Boolean));
   }
 }

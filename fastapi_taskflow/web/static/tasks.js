@@ -45,6 +45,7 @@ export class TaskTable {
     this.activeId = null;
     this.newCount = 0;
     this.loadToken = 0;
+    this.arrived = null; // changes that arrive while a page loads, replayed after it
     this.bind();
   }
 
@@ -166,17 +167,25 @@ export class TaskTable {
     const cursor = this.cursors[this.cursors.length - 1];
     if (cursor) params.set("cursor", cursor);
     this.syncLocation();
+    this.arrived = new Map();
     let page;
     try {
       page = await api("/rows", { params });
     } catch (error) {
-      if (token === this.loadToken) toast(`Could not load tasks: ${error.message}`, { error: true });
+      if (token === this.loadToken) {
+        this.arrived = null;
+        toast(`Could not load tasks: ${error.message}`, { error: true });
+      }
       return;
     }
     if (token !== this.loadToken) return;
     this.nextCursor = page.next_cursor;
     this.stale = false;
+    const arrived = this.arrived;
+    this.arrived = null;
     this.render(page.items);
+    // The page was read at some moment during the request; newer changes win.
+    for (const row of arrived.values()) this.apply(row);
   }
 
   syncLocation() {
@@ -254,7 +263,12 @@ export class TaskTable {
 
   /** A live change of one task: update its row, or add it when it belongs on this page. */
   apply(row) {
+    if (this.arrived) {
+      this.arrived.set(row.task_id, row);
+      return;
+    }
     const known = this.rows.get(row.task_id);
+    if (known && Date.parse(row.updated_at) < Date.parse(known.row.updated_at)) return;
     if (known) {
       const tr = this.rowElement(row);
       known.tr.replaceWith(tr);

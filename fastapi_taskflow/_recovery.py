@@ -1,0 +1,111 @@
+"""Adopting tasks from the shared pending store: recovery after a crash, released work,
+transactional enqueues and tasks accepted by other instances."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ._job import Job, Stage
+from ._models import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+logger = logging.getLogger("fastapi_taskflow")
+
+
+class Recovery:
+    """The manager's side of the heartbeat (see :class:`LeaseKeeper`)."""
+
+    def __init__(self, manager: TaskManager) -> None:
+        self._m = manager
+
+    def held_task_ids(self) -> list[str]:
+        return [job.task_id for job in self._m.store if job.leased]
+
+    def take_changed(self) -> list[TaskRecord]:
+        changed = list(self._m._changed.values())
+        self._m._changed.clear()
+        return [record.model_copy() for record in changed]
+
+    def free_slots(self) -> int:
+        dispatcher = self._m._dispatcher
+        if dispatcher is None or not self._m.started:
+            return 0
+        return max(0, min(100, self._m.max_concurrent_tasks - dispatcher.busy()))
+
+    async def cancel_requested(self, task_id: str) -> None:
+        job = self._m.store.get(task_id)
+        if job is not None and not job.record.status.is_terminal and not job.in_thread:
+            await self._m.cancel(task_id, reason="cancelled on request (from another instance)")
+
+    async def adopt(self, records: Sequence[TaskRecord]) -> None:
+        """Run claimed tasks; a task that was running on an instance that died is re-run only
+        if its function allows it, otherwise it is recorded as interrupted."""
+        coordinator = self._m._coordinator
+        assert coordinator is not None
+        unknown: list[TaskRecord] = []
+        for record in records:
+            job = self._job_for(record)
+            if job is None:
+                unknown.append(record)
+                continue
+            was_running = record.status is TaskStatus.RUNNING
+            if was_running and not job.config.requeue_on_interrupt:
+                assert self._m._executor is not None
+                self._m._dispatcher.release(job)  # type: ignore[union-attr]
+                self._m._executor.finish(
+                    job,
+                    TaskStatus.INTERRUPTED,
+                    f"interrupted: instance {record.instance_id} stopped while the task was "
+                    f"running; mark the function requeue_on_interrupt=True to re-run it",
+                )
+                continue
+            self._m.dispatch(job)
+        if unknown:
+            for record in unknown:
+                logger.warning(
+                    "fastapi-taskflow: pending task %s needs function %r, which is not "
+                    "registered on instance %s; it stays pending for an instance that has it",
+                    record.task_id,
+                    record.func_name,
+                    self._m.instance_id,
+                )
+            await coordinator.release(self._m.instance_id, unknown)
+
+    async def take(self, task_id: str) -> Job | None:
+        """Claim one task that no live instance holds and return its local job."""
+        coordinator = self._m._coordinator
+        assert coordinator is not None
+        claimed = await coordinator.claim(
+            self._m.instance_id, lease_s=self._m.lease_s, limit=1, task_ids=[task_id]
+        )
+        if not claimed:
+            return None
+        job = self._job_for(claimed[0])
+        if job is None:
+            await coordinator.release(self._m.instance_id, claimed)
+        return job
+
+    def _job_for(self, record: TaskRecord) -> Job | None:
+        config = self._m.registry.get(record.func_name)
+        if config is None:
+            return None
+        existing = self._m.store.get(record.task_id)
+        if existing is not None and existing.stage is not Stage.DONE:
+            return existing
+        job = self._m.create(
+            config.func, tuple(record.args), dict(record.kwargs),
+            idempotency_key=record.idempotency_key, tags=record.tags,
+            priority=record.priority,
+            queue=record.queue if self._m._dispatcher and self._m._dispatcher.has_queue(
+                record.queue) else None,
+            source="requeue",
+            task_id=record.task_id, created_at=record.created_at, write_ahead=False,
+        )  # fmt: skip
+        job.record.logs = list(record.logs)
+        job.record.attempts = list(record.attempts)
+        job.leased = True
+        return job

@@ -1,0 +1,191 @@
+"""Conformance suite for the Coordinator interface (write-ahead pending store, leases,
+claims, idempotency, live view, cancel requests), run against every backend that has one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fastapi_taskflow import TaskFilter, TaskRecord, TaskStatus
+from fastapi_taskflow.backends import MemoryBackend, SnapshotBackend
+from fastapi_taskflow.backends.base import Coordinator
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SnapshotBackend]:
+    kind = request.param
+    made: SnapshotBackend
+    if kind == "memory":
+        made = MemoryBackend()
+    elif kind == "sqlite":
+        from fastapi_taskflow.backends import SqliteBackend
+
+        made = SqliteBackend(str(tmp_path / "c.db"))
+    elif kind == "redis":
+        from fastapi_taskflow.backends import RedisBackend
+
+        made = RedisBackend(request.getfixturevalue("redis_url"), prefix=f"c{uuid.uuid4().hex[:6]}")
+    else:
+        from fastapi_taskflow.backends import SqlBackend
+
+        made = SqlBackend(request.getfixturevalue(f"{kind}_url"))
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def coord(backend: SnapshotBackend) -> Coordinator:
+    found = backend.coordinator()
+    assert found is not None, f"{type(backend).__name__} has no coordinator"
+    return found
+
+
+_base = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rec(n: int, **changes: object) -> TaskRecord:
+    data: dict[str, object] = {
+        "task_id": f"task-{n:04d}",
+        "func_name": "jobs.work",
+        "created_at": _base + timedelta(seconds=n),
+        "args": [n],
+        "kwargs": {"n": n},
+        "tags": {"n": str(n)},
+        "queue": "default",
+    }
+    data.update(changes)
+    return TaskRecord.model_validate(data)
+
+
+async def test_accept_is_durable_and_skips_duplicates(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    added = await c.accept([rec(1), rec(2)], owner="a", lease_s=30, key_ttl_s=60)
+    assert sorted(added) == ["task-0001", "task-0002"]
+    again = await c.accept([rec(2), rec(3)], owner="b", lease_s=30, key_ttl_s=60)
+    assert again == ["task-0003"]
+    live = await c.get_live("task-0001")
+    assert live is not None and live.args == [1] and live.tags == {"n": "1"}
+    assert live.created_at == rec(1).created_at
+
+
+async def test_keyed_task_that_succeeded_recently_is_not_accepted_again(
+    backend: SnapshotBackend,
+) -> None:
+    c = coord(backend)
+    keyed = rec(5, idempotency_key="order-5")
+    assert await c.accept([keyed], owner="a", lease_s=30, key_ttl_s=3600) == ["task-0005"]
+    done = keyed.model_copy(
+        update={"status": TaskStatus.SUCCESS, "end_time": datetime.now(UTC)}
+    )
+    await backend.save([done])  # completing a task removes it from the pending store
+    assert await c.get_live("task-0005") is None
+    assert await c.accept([keyed], owner="b", lease_s=30, key_ttl_s=3600) == []
+    # a key whose task succeeded longer ago than the retention is free again
+    assert await c.accept([keyed], owner="b", lease_s=30, key_ttl_s=0.0) == ["task-0005"]
+    failed = rec(6, idempotency_key="order-6")
+    await c.accept([failed], owner="a", lease_s=30, key_ttl_s=3600)
+    await backend.save([failed.model_copy(update={"status": TaskStatus.FAILED})])
+    assert await c.accept([failed], owner="b", lease_s=30, key_ttl_s=3600) == ["task-0006"]
+
+
+async def test_concurrent_accepts_of_one_id_admit_exactly_one(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    results = await asyncio.gather(
+        *(c.accept([rec(9, idempotency_key="k")], owner=f"i{n}", lease_s=30, key_ttl_s=60)
+          for n in range(5))  # fmt: skip
+    )
+    assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
+
+
+async def test_claims_respect_leases_and_are_exclusive(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(n) for n in range(1, 4)], owner="dead", lease_s=0.2, key_ttl_s=60)
+    await c.accept([rec(4)], owner=None, lease_s=30, key_ttl_s=60)
+    unowned = await c.claim("a", lease_s=30, limit=10)
+    assert [r.task_id for r in unowned] == ["task-0004"]  # the others are still leased
+    await asyncio.sleep(0.3)
+    results = await asyncio.gather(*(c.claim(o, lease_s=30, limit=10) for o in ("a", "b", "c")))
+    claimed = [r.task_id for group in results for r in group]
+    assert sorted(claimed) == ["task-0001", "task-0002", "task-0003"]  # each exactly once
+    assert await c.claim("d", lease_s=30, limit=10) == []
+
+
+async def test_claim_limit_order_specific_ids_and_reclaim_own(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(n) for n in range(1, 6)], owner=None, lease_s=30, key_ttl_s=60)
+    first = await c.claim("a", lease_s=30, limit=2)
+    assert [r.task_id for r in first] == ["task-0001", "task-0002"]  # oldest first
+    chosen = await c.claim("b", lease_s=30, limit=10, task_ids=["task-0004"])
+    assert [r.task_id for r in chosen] == ["task-0004"]
+    assert await c.claim("a", lease_s=30, limit=10, task_ids=["task-0001"]) == []
+    mine = await c.claim("a", lease_s=30, limit=10, task_ids=["task-0001"], reclaim_own=True)
+    assert [r.task_id for r in mine] == ["task-0001"]
+
+
+async def test_renew_reports_lost_leases(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(1), rec(2)], owner="a", lease_s=0.2, key_ttl_s=60)
+    assert await c.renew("a", ["task-0001"], lease_s=30) == []
+    await asyncio.sleep(0.3)
+    stolen = await c.claim("b", lease_s=30, limit=10)
+    assert [r.task_id for r in stolen] == ["task-0002"]  # task-0001 was renewed in time
+    assert await c.renew("a", ["task-0001", "task-0002", "task-9999"], lease_s=30) == [
+        "task-0002",
+        "task-9999",
+    ]
+
+
+async def test_update_release_and_live_view(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(n) for n in range(1, 5)], owner="a", lease_s=30, key_ttl_s=60)
+    started = datetime.now(UTC)
+    running = rec(2, status=TaskStatus.RUNNING, start_time=started, retries_used=1)
+    await c.update([running, rec(99, status=TaskStatus.RUNNING)])  # unknown ids are ignored
+    got = await c.get_live("task-0002")
+    assert got is not None and got.status is TaskStatus.RUNNING and got.retries_used == 1
+    assert await c.get_live("task-0099") is None
+    page = await c.live(TaskFilter(), limit=3)
+    assert [r.task_id for r in page] == ["task-0004", "task-0003", "task-0002"]
+    rest = await c.live(TaskFilter(), limit=3, cursor=page.next_cursor)
+    assert [r.task_id for r in rest] == ["task-0001"] and rest.next_cursor is None
+    only_running = await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,)))
+    assert [r.task_id for r in only_running] == ["task-0002"]
+    await c.release("a", [running])
+    back = await c.get_live("task-0002")
+    assert back is not None and back.status is TaskStatus.PENDING
+    assert [r.task_id for r in await c.claim("b", lease_s=30, limit=10)] == ["task-0002"]
+    await c.release("nobody", [rec(3)])  # not the owner: nothing happens
+    assert await c.claim("b", lease_s=30, limit=10) == []
+
+
+async def test_cancel_requests_reach_the_owner_once(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(1), rec(2)], owner="a", lease_s=30, key_ttl_s=60)
+    assert await c.request_cancel("task-0002") is True
+    assert await c.request_cancel("task-0404") is False
+    assert await c.cancel_requests("b") == []
+    assert await c.cancel_requests("a") == ["task-0002"]
+    assert await c.cancel_requests("a") == []
+
+
+async def test_saving_history_completes_pending_tasks(backend: SnapshotBackend) -> None:
+    c = coord(backend)
+    await c.accept([rec(1), rec(2)], owner="a", lease_s=30, key_ttl_s=60)
+    await backend.save([rec(1, status=TaskStatus.SUCCESS)])
+    assert await c.get_live("task-0001") is None
+    assert [r.task_id for r in await c.live(TaskFilter())] == ["task-0002"]
