@@ -21,7 +21,15 @@ import pytest_asyncio
 import uvicorn
 from _servers import CHROMIUM_ARGS
 from fastapi import FastAPI
-from playwright.async_api import Browser, Page, Playwright, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    async_playwright,
+    expect,
+)
+from playwright.async_api import Error as PlaywrightError
 
 from fastapi_taskflow import QueueConfig, TaskAdmin, TaskManager, task_log
 
@@ -87,6 +95,7 @@ class Site:
     url: str = ""
     server: uvicorn.Server | None = None
     task: asyncio.Task[None] | None = None
+    contexts: list[BrowserContext] = field(default_factory=list)
 
     async def start(self) -> None:
         port = free_port()
@@ -108,6 +117,9 @@ class Site:
 
     async def stop(self) -> None:
         assert self.server is not None and self.task is not None
+        for context in self.contexts:  # a failed test may leave an event stream open
+            with contextlib.suppress(PlaywrightError):
+                await context.close()
         self.server.should_exit = True
         await self.task
 
@@ -171,6 +183,8 @@ class Watch:
 
 async def new_page(browser: Browser, site: Site) -> tuple[Page, Watch]:
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(5000)
+    site.contexts.append(context)
     page = await context.new_page()
     watch = Watch(origin=site.url)
     page.on("request", lambda request: watch.requests.append(request.url))
@@ -451,3 +465,25 @@ async def test_read_only_user_sees_tasks_but_no_actions(browser: Browser, auth_s
     await page.context.close()
     watch.errors = [e for e in watch.errors if "status of 403" not in e]
     watch.check()
+
+
+async def test_no_request_leaves_the_apps_origin(browser: Browser, open_site: Site) -> None:
+    task_id = await open_site.manager.enqueue(gated, "origin-1")
+    await open_gate("origin-1", succeed=False)
+    page, watch = await new_page(browser, open_site)
+    await page.goto(f"{open_site.url}/tasks/dashboard")
+    await expect(row(page, task_id)).to_have_attribute("data-status", "failed")
+    await row(page, task_id).click()
+    await expect(page.locator("#detail-stacktrace")).to_be_visible()
+    for view in ("failed", "functions", "tasks"):
+        await page.locator(f'.tab[data-view="{view}"]').click()
+    await page.locator("#theme-toggle").click()
+    async with page.expect_download() as download:
+        await page.locator("#export").click()
+    csv_file = await download.value
+    assert csv_file.suggested_filename.endswith(".csv")
+    watch.requests.append(csv_file.url)  # downloads do not show up as page requests
+    await page.context.close()
+    kinds = {url.rsplit("/", 1)[-1].split("?")[0] for url in watch.requests}
+    assert {"dashboard", "app.js", "style.css", "events", "rows", "export.csv"} <= kinds
+    watch.check()  # every one of them went to the app itself

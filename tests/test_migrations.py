@@ -192,7 +192,7 @@ async def test_foreign_tables_and_the_apps_alembic_version_are_left_alone(
 async def test_every_model_column_exists_with_its_nullability(engine: AsyncEngine) -> None:
     await migrate(engine)
 
-    def columns(conn: Connection) -> dict[str, dict[str, Any]]:
+    def columns(conn: Connection) -> dict[str, Any]:
         inspector = sa.inspect(conn)
         return {
             f"{table}.{column['name']}": column

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import random
 import socket
@@ -26,6 +27,7 @@ from fastapi_taskflow._models import (
     FunctionStats,
     LogEntry,
     TaskFilter,
+    TaskPage,
     TaskRecord,
     TaskStatus,
 )
@@ -168,7 +170,8 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(package, "redis", package.redis)  # restored after the re-import
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "fastapi_taskflow.backends.redis")
+    for name in [m for m in sys.modules if m.startswith("fastapi_taskflow.backends.redis")]:
+        monkeypatch.delitem(sys.modules, name)  # the package and its modules
     module = importlib.import_module("fastapi_taskflow.backends.redis")
     with pytest.raises(MissingDriverError, match=r'pip install "fastapi-taskflow\[redis\]"'):
         module.RedisBackend("redis://localhost:6379/0")
@@ -323,7 +326,8 @@ async def test_every_key_lives_under_the_prefix(backend: RedisBackend, raw: aior
     history = [k for k in keys if k.startswith("tf:h:")]
     pending = [k for k in keys if k.startswith("tf:p:")]
     assert sorted(history + pending) == sorted(keys)
-    assert pending == ["tf:p:tasks"]
+    # the pending store, ordered by created_at, with nobody holding the tasks
+    assert sorted(pending) == ["tf:p:free", "tf:p:order", "tf:p:tasks"]
     assert "tf:h:rec:h1" in history and "tf:h:ix:tag:tenant=acme" in history
 
 
@@ -634,3 +638,278 @@ async def test_stats_small_exact_values(backend: RedisBackend) -> None:
         },
     ]
     assert await backend.history().stats(TaskFilter(func_name="nope")) == []
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+def pend(n: int, **changes: object) -> TaskRecord:
+    """A pending task created ``n`` seconds after BASE."""
+    fields: dict[str, object] = dict(
+        task_id=f"p{n:04d}",
+        func_name="app.jobs.work",
+        created_at=BASE + timedelta(seconds=n),
+        args=[n],
+        tags={"parity": "odd" if n % 2 else "even"},
+    )
+    fields.update(changes)
+    return TaskRecord.model_validate(fields)
+
+
+async def test_coordinator_keys_live_under_the_prefix_and_completion_empties_them(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    c = backend.coordinator()
+    await c.accept([pend(1), pend(2)], owner="a", lease_s=30, key_ttl_s=60)
+    await c.accept([pend(3)], owner=None, lease_s=30, key_ttl_s=60)
+    assert await c.request_cancel("p0001")
+    assert sorted(await raw.keys("*")) == [
+        "tf:p:cancel",
+        "tf:p:free",
+        "tf:p:lease",
+        "tf:p:order",
+        "tf:p:owner",
+        "tf:p:tasks",
+    ]
+    done = [pend(n, status=TaskStatus.SUCCESS, idempotency_key=f"k{n}") for n in (1, 2, 3)]
+    await backend.save(done)
+    assert await raw.keys("tf:p:*") == []
+    assert await raw.zrange("tf:h:ok", 0, -1) == ["p0001", "p0002", "p0003"]
+    await backend.delete(["p0001", "p0002", "p0003"])
+    assert await raw.keys("*") == []
+
+
+async def test_fractional_leases_run_on_the_server_clock(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    c = backend.coordinator()
+    await c.accept([pend(1)], owner="a", lease_s=0.25, key_ttl_s=60)
+    seconds, micro = await raw.time()
+    now_ms = seconds * 1000 + micro // 1000
+    expiry = await raw.zscore("tf:p:lease", "p0001")
+    assert expiry is not None and now_ms - 50 <= expiry <= now_ms + 250
+    assert await raw.hget("tf:p:owner", "p0001") == "a"
+    assert await c.claim("b", lease_s=0.001, limit=5) == []
+    await asyncio.sleep(0.3)
+    [taken] = await c.claim("b", lease_s=0.001, limit=5)  # rounded up to 1 ms
+    assert taken.task_id == "p0001"
+    await asyncio.sleep(0.01)
+    assert [r.task_id for r in await c.claim("c", lease_s=30, limit=5)] == ["p0001"]
+    assert await c.renew("b", ["p0001"], lease_s=30) == ["p0001"]
+
+
+async def test_transactional_enqueue_is_refused(backend: RedisBackend) -> None:
+    with pytest.raises(ConfigurationError, match="SQL backend"):
+        await backend.coordinator().accept(
+            [pend(1)], owner="a", lease_s=30, key_ttl_s=60, connection=object()
+        )
+    assert await backend.coordinator().get_live("p0001") is None
+
+
+async def test_coordinator_before_open_is_a_clear_error(redis_url: str) -> None:
+    c = RedisBackend(redis_url).coordinator()
+    with pytest.raises(NotStartedError):
+        await c.accept([pend(1)], owner="a", lease_s=30, key_ttl_s=60)
+    with pytest.raises(NotStartedError):
+        await c.live(TaskFilter())
+
+
+async def test_saved_pending_tasks_are_free_to_claim_and_cleared_with_their_state(
+    backend: RedisBackend,
+) -> None:
+    c = backend.coordinator()
+    await c.accept([pend(9)], owner="old", lease_s=30, key_ttl_s=60)
+    await c.request_cancel("p0009")
+    await backend.save_pending([pend(3), pend(1), pend(2)])  # replaces everything
+    assert await c.get_live("p0009") is None
+    assert [r.task_id for r in await c.live(TaskFilter())] == ["p0003", "p0002", "p0001"]
+    assert [r.task_id for r in await c.claim("a", lease_s=30, limit=2)] == ["p0001", "p0002"]
+    await c.request_cancel("p0001")
+    assert await c.cancel_requests("old") == []
+    await backend.clear_pending()
+    assert await c.live(TaskFilter()) == TaskPage(items=[], next_cursor=None)
+    assert await c.cancel_requests("a") == []
+    assert await c.claim("a", lease_s=30, limit=10, reclaim_own=True) == []
+
+
+async def test_deleting_a_pending_task_removes_it_for_every_instance(
+    backend: RedisBackend,
+) -> None:
+    c = backend.coordinator()
+    await c.accept([pend(1), pend(2)], owner="a", lease_s=30, key_ttl_s=60)
+    assert await backend.delete(["p0001"]) == 0  # not in history, but no longer pending
+    assert await c.get_live("p0001") is None
+    await c.update([pend(1, status=TaskStatus.RUNNING)])  # the owner cannot bring it back
+    assert await c.get_live("p0001") is None
+    assert await c.renew("a", ["p0001", "p0002"], lease_s=30) == ["p0001"]
+
+
+async def test_a_keyed_success_saved_again_as_failed_frees_the_key(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    c = backend.coordinator()
+    keyed = pend(1, idempotency_key="order-1")
+    await c.accept([keyed], owner="a", lease_s=30, key_ttl_s=3600)
+    end = datetime.now(UTC)
+    await backend.save([keyed.model_copy(update={"status": TaskStatus.SUCCESS, "end_time": end})])
+    assert await raw.zscore("tf:h:ok", "p0001") == _cursor_micros(end)
+    assert await c.accept([keyed], owner="b", lease_s=30, key_ttl_s=3600) == []
+    await backend.save([keyed.model_copy(update={"status": TaskStatus.FAILED})])
+    assert await c.accept([keyed], owner="b", lease_s=30, key_ttl_s=3600) == ["p0001"]
+
+
+def _cursor_micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_claims_from_many_clients_are_exclusive(redis_url: str) -> None:
+    instances = [RedisBackend(redis_url, prefix="tf") for _ in range(5)]
+    for b in instances:
+        await b.open()
+    try:
+        c0 = instances[0].coordinator()
+        await c0.accept([pend(n) for n in range(300)], owner=None, lease_s=30, key_ttl_s=60)
+
+        async def drain(b: RedisBackend, name: str) -> list[str]:
+            got: list[str] = []
+            while batch := await b.coordinator().claim(name, lease_s=30, limit=7):
+                got += [r.task_id for r in batch]
+                await asyncio.sleep(0)
+            return got
+
+        results = await asyncio.gather(*(drain(b, f"i{n}") for n, b in enumerate(instances)))
+        claimed = [task_id for got in results for task_id in got]
+        assert sorted(claimed) == [f"p{n:04d}" for n in range(300)]
+        assert all(got == sorted(got) for got in results)  # each took the oldest first
+    finally:
+        for b in instances:
+            await b.close()
+
+
+async def test_the_script_cache_being_flushed_is_harmless(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    c = backend.coordinator()
+    await c.accept([pend(1)], owner=None, lease_s=30, key_ttl_s=60)
+    await raw.script_flush()
+    assert [r.task_id for r in await c.claim("a", lease_s=30, limit=1)] == ["p0001"]
+
+
+async def test_coordinator_redis_errors_become_backend_errors(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    await raw.set("tf:p:tasks", "not a hash")
+    c = backend.coordinator()
+    with pytest.raises(BackendError, match="accept tasks failed") as info:
+        await c.accept([pend(1)], owner="a", lease_s=30, key_ttl_s=60)
+    assert isinstance(info.value.__cause__, RedisError)
+    with pytest.raises(BackendError):
+        await c.get_live("p0001")
+    await raw.delete("tf:p:tasks")
+    await raw.hset("tf:p:tasks", "bad", "{not json")
+    await raw.zadd("tf:p:order", {"bad": 1})
+    with pytest.raises(BackendError, match="tf:p:tasks"):
+        await c.live(TaskFilter())
+
+
+async def test_a_given_client_decoding_responses_works_for_coordination(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        backend = RedisBackend(redis_url, prefix="tf", client=client)
+        await backend.open()
+        c = backend.coordinator()
+        assert await c.accept([pend(1), pend(2)], owner="a", lease_s=30, key_ttl_s=60) == [
+            "p0001",
+            "p0002",
+        ]
+        assert await c.request_cancel("p0002")
+        assert await c.cancel_requests("a") == ["p0002"]
+        assert await c.renew("a", ["p0001", "x"], lease_s=30) == ["x"]
+        await c.release("a", [pend(1, status=TaskStatus.RUNNING)])
+        [again] = await c.claim("b", lease_s=30, limit=5)
+        assert again.task_id == "p0001" and again.status is TaskStatus.PENDING
+        await backend.close()
+    finally:
+        await client.aclose()
+
+
+def _live_reference(records: list[TaskRecord], filter: TaskFilter) -> list[str]:
+    matching = [r for r in records if filter.matches(r)]
+    matching.sort(key=_cursor.sort_key, reverse=True)
+    return [r.task_id for r in matching]
+
+
+@pytest.mark.parametrize("name", ["none", "status", "func", "queue+status", "tag", "since",
+                                  "until", "text in id", "everything"])  # fmt: skip
+async def test_live_view_pages_through_ties_like_the_reference(
+    backend: RedisBackend, name: str
+) -> None:
+    records = dataset(200, seed=11)
+    c = backend.coordinator()
+    await backend.save_pending(records)
+    filter = FILTERS[name]
+    for limit in (1, 7, 500):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await c.live(filter, limit=limit, cursor=cursor)
+            assert len(page.items) <= limit
+            seen += [r.task_id for r in page]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == _live_reference(records, filter), limit
+
+
+async def test_coordination_matches_the_memory_reference(backend: RedisBackend) -> None:
+    """Random operations applied to both coordinators give the same answers."""
+    from fastapi_taskflow.backends import MemoryBackend
+
+    memory = MemoryBackend()
+    pairs = [(memory, memory.coordinator()), (backend, backend.coordinator())]
+    rng = random.Random(5)
+    owners = ["a", "b", "c"]
+    created = 0
+    for step in range(200):
+        op = rng.choice(["accept", "accept", "update", "claim", "release", "save", "cancel"])
+        owner = rng.choice(owners)
+        some = sorted({rng.randrange(created + 1) for _ in range(3)})
+        if op == "accept":
+            batch = [pend(created + i) for i in range(3)] + [pend(rng.randrange(created + 3))]
+            accept_owner = rng.choice([*owners, None])
+            created += 3
+        elif op == "update":
+            live = (await memory.coordinator().live(TaskFilter(), limit=1000)).items
+            chosen = rng.sample([x.task_id for x in live], min(3, len(live)))
+            running = [pend(int(i[1:]), status=TaskStatus.RUNNING) for i in chosen]
+        elif op == "claim":
+            ids = [f"p{i:04d}" for i in some] if rng.random() < 0.3 else None
+            limit, reclaim = rng.randrange(1, 5), rng.random() < 0.3
+        elif op == "release":
+            given = [pend(i, status=TaskStatus.RUNNING) for i in some]
+        elif op == "save":
+            done = [pend(i, status=TaskStatus.SUCCESS) for i in some]
+        answers: list[object] = []
+        for store, c in pairs:
+            if op == "accept":
+                answers.append(await c.accept(batch, owner=accept_owner, lease_s=60, key_ttl_s=60))
+            elif op == "update":
+                await c.update(running)
+            elif op == "claim":
+                got = await c.claim(
+                    owner, lease_s=60, limit=limit, task_ids=ids, reclaim_own=reclaim
+                )
+                answers.append([x.task_id for x in got])
+            elif op == "release":
+                await c.release(owner, given)
+            elif op == "save":
+                await store.save(done)
+            else:
+                asked = await c.request_cancel(f"p{some[0]:04d}")
+                answers.append([asked, sorted(await c.cancel_requests(owner))])
+        assert answers[:1] == answers[1:], (step, op)
+        views = [await c.live(TaskFilter(), limit=1000) for _, c in pairs]
+        assert views[0] == views[1], step
+        statuses = [await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,))) for _, c in pairs]
+        assert statuses[0] == statuses[1], step
+    assert created > 60 and len(views[0].items) > 20

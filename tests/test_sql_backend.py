@@ -7,6 +7,7 @@ from the ``postgres_url`` / ``mysql_url`` fixtures of conftest.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sqlite3
 import statistics
@@ -46,7 +47,6 @@ from fastapi_taskflow.backends.sql import (
     make_async_url,
     migrate,
 )
-from fastapi_taskflow.backends.sql import urls as urls_module
 from fastapi_taskflow.backends.sql.dialect import is_transient
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -490,9 +490,8 @@ async def test_sqlite_uses_wal_and_creates_parent_directories(tmp_path: Path) ->
     finally:
         await backend.close()
     assert path.exists()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 async def test_sqlite_in_memory_keeps_one_private_database() -> None:
@@ -586,7 +585,7 @@ def test_a_missing_driver_names_the_pip_extra(
     def find_spec(name: str, package: str | None = None) -> Any:
         return None if name == module else real(name, package)
 
-    monkeypatch.setattr(urls_module.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(MissingDriverError, match=rf'pip install "fastapi-taskflow\[{extra}\]"'):
         SqlBackend(url)
 

@@ -102,14 +102,16 @@ def make_records(
     span: timedelta = timedelta(hours=1),
     start_index: int = 0,
 ) -> list[TaskRecord]:
-    """``count`` completed records, created over ``span`` before ``end``, ``failed_share``
-    of them failed, spread over ten functions and twenty tenants."""
+    """``count`` completed records created over ``span`` before ``end``, oldest first (the
+    order a flusher sees them in), ``failed_share`` of them failed, spread over ten functions
+    and twenty tenants; task ids are random like ``uuid4().hex``."""
     rnd = random.Random(seed)
     end = end or datetime.now(UTC)
-    span_s = span.total_seconds()
+    step = span.total_seconds() / max(count, 1)
+    first = end - span
     records = []
     for i in range(start_index, start_index + count):
-        created = end - timedelta(seconds=span_s * rnd.random())
+        created = first + timedelta(seconds=step * (i - start_index + rnd.random()))
         started = created + timedelta(milliseconds=1 + 400 * rnd.random())
         duration = 0.005 + 2 * rnd.random() ** 3
         ended = started + timedelta(seconds=duration)

@@ -14,6 +14,7 @@ from ..._errors import ConfigurationError, NotStartedError
 from ..._models import TaskRecord
 from ..base import SnapshotBackend
 from .bulk import BulkStatement
+from .coordinator import SqlCoordinator
 from .dialect import create_engine, in_ids, upsert
 from .migrate import ensure_schema
 from .records import (
@@ -81,6 +82,7 @@ class SqlBackend(SnapshotBackend):
         self._engine_kwargs = engine_kwargs
         self._writes = WriteGuard()
         self._history = SqlHistoryRepository(self)
+        self._coordinator = SqlCoordinator(self)
         self._bulk: _BulkWriters | None = None
 
     def __repr__(self) -> str:
@@ -128,6 +130,10 @@ class SqlBackend(SnapshotBackend):
         if self._given_engine is None:
             await engine.dispose()
 
+    def coordinator(self) -> SqlCoordinator:
+        """The shared pending store: write-ahead, leases, claims (usable once open)."""
+        return self._coordinator
+
     def history(self) -> SqlHistoryRepository:
         """Native history queries in SQL (usable once the backend is open)."""
         return self._history
@@ -153,6 +159,9 @@ class SqlBackend(SnapshotBackend):
             for matching in in_ids(history_tags.c.task_id, ids, dialect):
                 await conn.execute(sa.delete(history_tags).where(matching))
             await bulk.tags.executemany(conn, tags)
+            # A terminal record in history completes the task: it leaves the pending store.
+            for matching in in_ids(pending.c.task_id, ids, dialect):
+                await conn.execute(sa.delete(pending).where(matching))
 
         await self._writes.run(engine, work, f"saving {len(batch)} task records")
         return len(batch)

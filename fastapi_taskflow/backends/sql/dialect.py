@@ -169,16 +169,16 @@ async def migration_lock(conn: AsyncConnection) -> AsyncIterator[AsyncConnection
         await conn.commit()
         release: sa.Executable = sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_ID))
     elif is_mysql(name):
-        got = await conn.scalar(
-            sa.select(sa.func.get_lock(MIGRATION_LOCK_NAME, MIGRATION_LOCK_TIMEOUT_S))
-        )
+        # GET_LOCK names are server-wide: qualify ours with the database (names <= 64 chars).
+        lock_name = sa.func.concat(MIGRATION_LOCK_NAME, ".", sa.func.md5(sa.func.database()))
+        got = await conn.scalar(sa.select(sa.func.get_lock(lock_name, MIGRATION_LOCK_TIMEOUT_S)))
         await conn.commit()
         if got != 1:
             raise BackendError(
                 f"could not take the migration lock {MIGRATION_LOCK_NAME!r} within "
                 f"{MIGRATION_LOCK_TIMEOUT_S} s: another instance may be stuck migrating"
             )
-        release = sa.select(sa.func.release_lock(MIGRATION_LOCK_NAME))
+        release = sa.select(sa.func.release_lock(lock_name))
     else:
         yield conn
         return

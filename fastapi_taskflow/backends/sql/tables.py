@@ -200,5 +200,8 @@ pending = sa.Table(
     sa.Column("record", sa.JSON(), nullable=False),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Index("ix_taskflow_pending_created", "created_at", "task_id"),
     **MYSQL_TABLE_OPTIONS,
 )

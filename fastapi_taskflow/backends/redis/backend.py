@@ -1,0 +1,341 @@
+"""The Redis backend: history writes and reads, the pending store, lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ... import _cursor
+from ..._errors import BackendError, ConfigurationError, MissingDriverError, NotStartedError
+from ..._models import TaskRecord, TaskStatus
+from ..base import SnapshotBackend
+from ._common import (
+    CHUNK,
+    MGET_CHUNK,
+    TX_RECORDS,
+    check_url,
+    chunks,
+    display_url,
+    ids,
+    micros,
+    parse,
+)
+from ._keys import Keys, Shape, shape
+from .coordinator import RedisCoordinator
+from .repository import RedisHistoryRepository
+from .scripts import UNINDEX, UNPEND, Scripts
+
+try:
+    from redis import asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - exercised with the module hidden
+    _driver_missing: ImportError | None = exc
+else:
+    _driver_missing = None
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+__all__ = ["RedisBackend"]
+
+
+class RedisBackend(SnapshotBackend):
+    """History and pending work in Redis, with native history queries and a coordinator
+    for several instances sharing one server.
+
+    ``RedisBackend("redis://localhost:6379/0")`` (also ``rediss://`` and ``unix://``).
+    Nothing connects until :meth:`open`, which the TaskManager calls at start-up; an
+    unreachable server fails there with :class:`BackendError`.
+
+    Every key lives under ``prefix:``, so several applications can share one database.
+    Pass ``client=`` to reuse a ``redis.asyncio.Redis`` you own: the backend then never
+    closes it, and ``url`` only names the server in messages.
+
+    A task's ``func_name``, ``queue``, ``tags`` and ``created_at`` are fixed when it is
+    added; its status changes. Re-saving a task moves it between the status indexes.
+
+    ``history_ttl_s`` keeps history for that many seconds after a task's ``created_at``.
+    Older records disappear from every read at once and are deleted, with their index
+    entries, during the next :meth:`save`. ``None`` (the default) keeps history forever.
+
+    Records are only as durable as the server: without AOF or RDB persistence configured
+    on Redis, history and pending work do not survive a Redis restart.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "taskflow",
+        client: aioredis.Redis | None = None,
+        history_ttl_s: float | None = None,
+    ) -> None:
+        if _driver_missing is not None:
+            raise MissingDriverError(
+                'RedisBackend needs the redis package: pip install "fastapi-taskflow[redis]"'
+            ) from _driver_missing
+        check_url(url)
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ConfigurationError(
+                f"RedisBackend prefix must be a non-empty string without spaces, got {prefix!r}"
+            )
+        if history_ttl_s is not None and not history_ttl_s > 0:
+            raise ConfigurationError(
+                f"RedisBackend history_ttl_s must be a positive number of seconds or None, "
+                f"got {history_ttl_s!r}"
+            )
+        self._url = url
+        self.display_url = display_url(url)
+        self.prefix = prefix
+        self.history_ttl_s = history_ttl_s
+        self._keys = Keys(prefix)
+        self._given_client = client
+        self._client: aioredis.Redis | None = None
+        self._scripts: Scripts | None = None
+        self._repository = RedisHistoryRepository(self)
+        self._coordinator = RedisCoordinator(self)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.display_url!r}, prefix={self.prefix!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create the client and check the server answers PING."""
+        if self._client is not None:
+            return
+        client = self._given_client or aioredis.Redis.from_url(self._url)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            if self._given_client is None:
+                await client.aclose()
+            raise BackendError(
+                f"cannot reach Redis at {self.display_url}: {exc}. Check that the server is "
+                "running and the URL, password and database number are right."
+            ) from exc
+        self._client = client
+        self._scripts = Scripts.register(client)
+
+    async def close(self) -> None:
+        """Close the client this backend created (a client passed in stays open)."""
+        client, self._client, self._scripts = self._client, None, None
+        if client is not None and self._given_client is None:
+            with self._errors("close"):
+                await client.aclose()
+
+    def coordinator(self) -> RedisCoordinator:
+        """Leases, claims, idempotency keys, the shared live view and cancel requests,
+        kept in the pending store with Lua scripts (see :class:`RedisCoordinator`)."""
+        return self._coordinator
+
+    def history(self) -> RedisHistoryRepository:
+        """The native history repository (indexed queries, counts, statistics)."""
+        return self._repository
+
+    # ------------------------------------------------------------------ history writes
+
+    async def save(self, records: list[TaskRecord]) -> int:
+        """Upsert records and their index entries, in MULTI/EXEC transactions; the same
+        transactions take the saved tasks out of the pending store (that completes them).
+
+        A transaction means no reader sees a record half-indexed or a status change
+        half-applied (out of the old status sets but not yet in the new one), and no
+        instance sees a task neither pending nor in history. Up to 10,000 records go in one
+        transaction, so a huge flush blocks the server for tens of milliseconds at a time
+        rather than for the whole batch. Writes are variadic (one MSET or ZADD per index
+        set, not per record) and encoded once, which keeps the client, where a pipeline
+        spends its time, cheap.
+        """
+        latest = list({r.task_id: r for r in records}.values())
+        for part in chunks(latest, TX_RECORDS):
+            await self._save_transaction(part)
+        if records and self.history_ttl_s is not None:
+            await self._prune()
+        return len(records)
+
+    async def _save_transaction(self, records: Sequence[TaskRecord]) -> None:
+        keys = self._keys
+        payloads: list[str] = []
+        shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
+        succeeded: list[str] = []  # keyed tasks that succeeded: end_time, id pairs
+        for record in records:
+            payloads += (keys.record(record.task_id), record.model_dump_json())
+            pair = (str(micros(record.created_at)).encode(), record.task_id.encode())
+            shapes[shape(record)] += pair
+            if record.idempotency_key is not None and record.status == TaskStatus.SUCCESS:
+                finished = micros(record.end_time or record.created_at)
+                succeeded += (str(finished), record.task_id)
+        adds: dict[str, list[bytes]] = defaultdict(list)
+        stale: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        for found, pairs in shapes.items():
+            for key in keys.shape_indexes(found):
+                adds[key] += pairs
+            stale[found[:2]] += pairs[1::2]
+        client = self._require()
+        with self._errors("save"):
+            async with client.pipeline(transaction=True) as pipe:
+                # A re-saved task may have changed status: drop it from the other statuses.
+                for (status, func_name), members in stale.items():
+                    others = keys.other_statuses(status, func_name)
+                    pipe.eval(UNINDEX, len(others), *others, *members)
+                pipe.execute_command("MSET", *payloads)
+                for key, pairs in adds.items():
+                    pipe.execute_command("ZADD", key, *pairs)
+                self._unpend(pipe, [r.task_id for r in records])
+                if succeeded:
+                    pipe.execute_command("ZADD", keys.keyed_success, *succeeded)
+                await pipe.execute()
+
+    def _unpend(self, pipe: Pipeline, task_ids: Sequence[str]) -> None:
+        """Queue the removal of ``task_ids`` from the pending store (with their leases and
+        cancel requests) and from the keyed-success set."""
+        if task_ids:
+            touched = [*self._keys.pending_store(), self._keys.keyed_success]
+            pipe.eval(UNPEND, len(touched), *touched, *task_ids)
+
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        """Remove records and their index entries, and the tasks from the pending store (a
+        deleted task is not brought back by the instance running it); return how many
+        history records existed."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return 0
+        keys = self._keys
+        found = await self._fetch(unique)
+        removals: dict[str, list[str]] = defaultdict(list)
+        for task_id, record in zip(unique, found, strict=True):
+            if record is not None:
+                for key in keys.indexes(record):
+                    removals[key].append(task_id)
+            else:  # no record: clear whatever index entries might point at it
+                removals[keys.all].append(task_id)
+                for status in TaskStatus:
+                    removals[keys.status(status.value)].append(task_id)
+        client = self._require()
+        with self._errors("delete"):
+            async with client.pipeline(transaction=True) as pipe:
+                for part in chunks(unique, CHUNK):
+                    pipe.delete(*(keys.record(i) for i in part))
+                for key, members in removals.items():
+                    for part in chunks(members, CHUNK):
+                        pipe.zrem(key, *part)
+                self._unpend(pipe, unique)
+                results = await pipe.execute()
+        return sum(results[: math.ceil(len(unique) / CHUNK)])
+
+    async def _prune(self) -> None:
+        """Delete history older than ``history_ttl_s``, in batches."""
+        cutoff = self._cutoff()
+        while True:
+            with self._errors("prune expired history"):
+                expired = await self._require().zrange(
+                    self._keys.all,
+                    f"({cutoff}",
+                    "-inf",
+                    desc=True,
+                    byscore=True,
+                    offset=0,
+                    num=1_000,
+                )
+            if not expired:
+                return
+            await self.delete(ids(expired))
+
+    # ------------------------------------------------------------------ history reads
+
+    async def load(self) -> list[TaskRecord]:
+        """Every history record, oldest first."""
+        with self._errors("load"):
+            found = await self._require().zrange(
+                self._keys.all, "+inf", self._lower(None), desc=True, byscore=True
+            )
+        records = await self._fetch(ids(reversed(found)))
+        return [r for r in records if r is not None]
+
+    async def _fetch(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        """Records for ``task_ids`` in the same order, ``None`` where one is missing."""
+        if not task_ids:
+            return []
+        keys = [self._keys.record(i) for i in task_ids]
+        with self._errors("read history"):
+            async with self._require().pipeline(transaction=False) as pipe:
+                for part in chunks(keys, MGET_CHUNK):
+                    pipe.mget(part)
+                replies = await pipe.execute()
+        raws = [raw for reply in replies for raw in reply]
+        return [
+            None if raw is None else parse(raw, key) for key, raw in zip(keys, raws, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ pending work
+
+    async def save_pending(self, records: list[TaskRecord]) -> int:
+        """Replace the pending store with ``records``, atomically; nobody holds them, so
+        with several instances any of them may claim them."""
+        keys = self._keys
+        items = [(r.task_id, r.model_dump_json()) for r in records]
+        order = [(str(micros(r.created_at)), r.task_id) for r in records]
+        with self._errors("save pending"):
+            async with self._require().pipeline(transaction=True) as pipe:
+                pipe.delete(*keys.pending_store())
+                for part in chunks(items, CHUNK):
+                    pipe.hset(keys.pending, mapping=dict(part))
+                for part in chunks(order, CHUNK):
+                    flat = [value for pair in part for value in pair]
+                    pipe.execute_command("ZADD", keys.pending_order, *flat)
+                    pipe.execute_command("ZADD", keys.pending_free, *flat)
+                await pipe.execute()
+        return len(records)
+
+    async def load_pending(self) -> list[TaskRecord]:
+        """Every task of the pending store, oldest first."""
+        key = self._keys.pending
+        with self._errors("load pending"):
+            stored = await self._require().hgetall(key)
+        records = [parse(raw, key) for raw in stored.values()]
+        records.sort(key=_cursor.sort_key)
+        return records
+
+    async def clear_pending(self) -> None:
+        """Delete every task of the pending store, with its lease and cancel request."""
+        with self._errors("clear pending"):
+            await self._require().delete(*self._keys.pending_store())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require(self) -> aioredis.Redis:
+        if self._client is None:
+            raise NotStartedError(
+                f"{self!r} is not open: await backend.open() first "
+                "(TaskManager.startup() does this)"
+            )
+        return self._client
+
+    def _require_scripts(self) -> Scripts:
+        self._require()
+        assert self._scripts is not None
+        return self._scripts
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"Redis {action} failed at {self.display_url}: {exc}") from exc
+
+    def _cutoff(self) -> int:
+        """Microsecond score below which history has expired."""
+        assert self.history_ttl_s is not None
+        return micros(datetime.now(UTC)) - int(self.history_ttl_s * 1_000_000)
+
+    def _lower(self, since: datetime | None) -> str:
+        """Inclusive lower score bound for reads: ``since`` and the TTL, whichever is later."""
+        bounds = [] if since is None else [micros(since)]
+        if self.history_ttl_s is not None:
+            bounds.append(self._cutoff())
+        return str(max(bounds)) if bounds else "-inf"

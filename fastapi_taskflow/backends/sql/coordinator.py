@@ -1,0 +1,297 @@
+"""The SQL coordinator: the shared pending store with leases, claims and cancel requests.
+
+Claims are atomic: one ``UPDATE … WHERE task_id IN (SELECT … FOR UPDATE SKIP LOCKED)
+RETURNING`` on PostgreSQL, the same without row locks on SQLite (one statement holds the
+write lock), and ``SELECT … FOR UPDATE SKIP LOCKED`` then ``UPDATE`` in one transaction on
+MySQL/MariaDB, whose ``UPDATE`` has no ``RETURNING``. Lease times are the instances' UTC
+clocks: keep hosts in sync (NTP) and leases well above the expected skew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..._errors import ConfigurationError
+from ..._models import TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
+from ..._query import page_of
+from .dialect import in_ids, is_mysql
+from .records import from_pending_row, pending_rows
+from .tables import history, pending
+from .transaction import run_read
+
+if TYPE_CHECKING:
+    from .backend import SqlBackend
+
+_LIVE = (TaskStatus.PENDING.value, TaskStatus.RUNNING.value)
+
+
+def _document(record: TaskRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json", fallback=repr)
+
+
+class SqlCoordinator:
+    """:class:`~fastapi_taskflow.backends.base.Coordinator` on ``taskflow_pending``."""
+
+    def __init__(self, backend: SqlBackend) -> None:
+        self._backend = backend
+
+    async def _write(self, work: Any, what: str) -> Any:
+        backend = self._backend
+        return await backend._writes.run(backend.engine, work, what)
+
+    # ------------------------------------------------------------------ accepting
+
+    async def accept(
+        self,
+        records: Sequence[TaskRecord],
+        *,
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        connection: Any = None,
+    ) -> list[str]:
+        if not records:
+            return []
+        now = utcnow()
+        until = now + timedelta(seconds=lease_s) if owner is not None else None
+        rows = [
+            {**row, "status": TaskStatus.PENDING.value, "claimed_by": owner,
+             "lease_until": until, "cancel_requested": False}
+            for row in pending_rows(list({r.task_id: r for r in records}.values()))
+        ]  # fmt: skip
+        keyed = [r.task_id for r in records if r.idempotency_key is not None]
+        fresh_after = now - timedelta(seconds=key_ttl_s)
+
+        async def work(conn: AsyncConnection) -> list[str]:
+            dialect = conn.dialect.name
+            skip: set[str] = set()
+            for matching in in_ids(history.c.task_id, keyed, dialect) if keyed else ():
+                query = sa.select(history.c.task_id).where(
+                    matching,
+                    history.c.status == TaskStatus.SUCCESS.value,
+                    sa.func.coalesce(history.c.end_time, history.c.created_at) > fresh_after,
+                )
+                skip.update(await conn.scalars(query))
+            candidates = [row for row in rows if row["task_id"] not in skip]
+            if not candidates:
+                return []
+            return await _insert_new(conn, candidates, owner, until)
+
+        if connection is not None:
+            if not isinstance(connection, AsyncConnection):
+                connection = await _connection_of(connection)
+            return await work(connection)
+        return list(await self._write(work, f"accepting {len(rows)} tasks"))
+
+    # ------------------------------------------------------------------ leases
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        limit: int,
+        task_ids: Sequence[str] | None = None,
+        reclaim_own: bool = False,
+    ) -> list[TaskRecord]:
+        now = utcnow()
+        until = now + timedelta(seconds=lease_s)
+        free = sa.or_(pending.c.claimed_by.is_(None), pending.c.lease_until < now)
+        if reclaim_own:
+            free = sa.or_(free, pending.c.claimed_by == owner)
+        pick = sa.select(pending.c.task_id).where(free)
+        if task_ids is not None:
+            if not task_ids:
+                return []
+            pick = pick.where(pending.c.task_id.in_(list(task_ids)))
+        pick = pick.order_by(pending.c.created_at, pending.c.task_id).limit(limit)
+        claimed = {"claimed_by": owner, "lease_until": until, "cancel_requested": False}
+
+        async def work(conn: AsyncConnection) -> list[TaskRecord]:
+            if is_mysql(conn.dialect.name):
+                locked = pick.with_for_update(skip_locked=True)
+                ids = list(await conn.scalars(locked))
+                if not ids:
+                    return []
+                await conn.execute(
+                    sa.update(pending).where(pending.c.task_id.in_(ids)).values(claimed)
+                )
+                query = sa.select(pending.c.record).where(pending.c.task_id.in_(ids))
+                documents = list(await conn.scalars(query))
+            else:
+                if conn.dialect.name == "postgresql":
+                    chosen = pick.with_for_update(skip_locked=True).scalar_subquery()
+                else:
+                    chosen = pick.scalar_subquery()
+                statement = (
+                    sa.update(pending)
+                    .where(pending.c.task_id.in_(chosen))
+                    .values(claimed)
+                    .returning(pending.c.record)
+                )
+                documents = list(await conn.scalars(statement))
+            found = [from_pending_row(doc) for doc in documents]
+            return sorted(found, key=lambda r: (r.created_at, r.task_id))
+
+        return list(await self._write(work, "claiming pending tasks"))
+
+    async def renew(self, owner: str, task_ids: Sequence[str], *, lease_s: float) -> list[str]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return []
+        until = utcnow() + timedelta(seconds=lease_s)
+
+        async def work(conn: AsyncConnection) -> list[str]:
+            held: set[str] = set()
+            for matching in in_ids(pending.c.task_id, ids, conn.dialect.name):
+                mine = sa.and_(matching, pending.c.claimed_by == owner)
+                await conn.execute(sa.update(pending).where(mine).values(lease_until=until))
+                held.update(await conn.scalars(sa.select(pending.c.task_id).where(mine)))
+            return [task_id for task_id in ids if task_id not in held]
+
+        return list(await self._write(work, f"renewing {len(ids)} leases"))
+
+    async def release(self, owner: str, records: Sequence[TaskRecord]) -> None:
+        if not records:
+            return
+        params = [
+            {"b_id": r.task_id, "b_owner": owner,
+             "b_record": _document(r.model_copy(update={"status": TaskStatus.PENDING}))}
+            for r in records
+        ]  # fmt: skip
+        statement = (
+            sa.update(pending)
+            .where(pending.c.task_id == sa.bindparam("b_id"))
+            .where(pending.c.claimed_by == sa.bindparam("b_owner"))
+            .values(
+                claimed_by=None,
+                lease_until=None,
+                status=TaskStatus.PENDING.value,
+                record=sa.bindparam("b_record", type_=pending.c.record.type),
+            )
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement, params)
+
+        await self._write(work, f"releasing {len(params)} tasks")
+
+    # ------------------------------------------------------------------ live view
+
+    async def update(self, records: Sequence[TaskRecord]) -> None:
+        if not records:
+            return
+        params = [
+            {"b_id": r.task_id, "b_status": r.status.value, "b_record": _document(r)}
+            for r in {r.task_id: r for r in records}.values()
+        ]
+        statement = (
+            sa.update(pending)
+            .where(pending.c.task_id == sa.bindparam("b_id"))
+            .values(
+                status=sa.bindparam("b_status"),
+                record=sa.bindparam("b_record", type_=pending.c.record.type),
+            )
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement, params)
+
+        await self._write(work, f"updating {len(params)} live tasks")
+
+    async def live(
+        self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        query = sa.select(pending.c.record)
+        statuses = [s.value for s in filter.statuses if s.value in _LIVE]
+        if filter.statuses:
+            if not statuses:
+                return TaskPage(items=[])
+            query = query.where(pending.c.status.in_(statuses))
+        if filter.func_name is not None:
+            query = query.where(pending.c.func_name == filter.func_name)
+
+        async def work(conn: AsyncConnection) -> list[TaskRecord]:
+            return [from_pending_row(doc) for doc in await conn.scalars(query)]
+
+        records = await run_read(self._backend.engine, work, "reading live tasks")
+        return page_of(records, filter, limit, cursor)
+
+    async def get_live(self, task_id: str) -> TaskRecord | None:
+        query = sa.select(pending.c.record).where(pending.c.task_id == task_id)
+
+        async def work(conn: AsyncConnection) -> TaskRecord | None:
+            document = await conn.scalar(query)
+            return from_pending_row(document) if document is not None else None
+
+        result: TaskRecord | None = await run_read(self._backend.engine, work, "reading a task")
+        return result
+
+    # ------------------------------------------------------------------ cancellation
+
+    async def request_cancel(self, task_id: str) -> bool:
+        statement = (
+            sa.update(pending).where(pending.c.task_id == task_id).values(cancel_requested=True)
+        )
+
+        async def work(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(statement)).rowcount)
+
+        return bool(await self._write(work, f"requesting cancellation of {task_id}"))
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        mine = sa.and_(pending.c.claimed_by == owner, pending.c.cancel_requested.is_(True))
+
+        async def work(conn: AsyncConnection) -> list[str]:
+            ids = list(await conn.scalars(sa.select(pending.c.task_id).where(mine)))
+            if ids:
+                flagged = sa.and_(mine, pending.c.task_id.in_(ids))
+                await conn.execute(sa.update(pending).where(flagged).values(cancel_requested=False))
+            return ids
+
+        return list(await self._write(work, "reading cancel requests"))
+
+
+async def _insert_new(
+    conn: AsyncConnection, rows: list[dict[str, Any]], owner: str | None, until: datetime | None
+) -> list[str]:
+    """Insert ``rows`` unless their task id exists; return the ids this call inserted."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(pending).values(rows).on_conflict_do_nothing()
+        return list(await conn.scalars(pg.returning(pending.c.task_id)))
+    if dialect == "sqlite":
+        lite = sqlite.insert(pending).values(rows).on_conflict_do_nothing()
+        return list(await conn.scalars(lite.returning(pending.c.task_id)))
+    if is_mysql(dialect):
+        await conn.execute(mysql.insert(pending).values(rows).prefix_with("IGNORE"))
+        ids = [row["task_id"] for row in rows]
+        # Rows another instance inserted first carry its owner and lease, not ours.
+        ours = sa.select(pending.c.task_id).where(
+            pending.c.task_id.in_(ids),
+            pending.c.claimed_by == owner if owner is not None else pending.c.claimed_by.is_(None),
+        )
+        if until is not None:
+            ours = ours.where(pending.c.lease_until == until)
+        return list(await conn.scalars(ours))
+    raise ConfigurationError(f"no pending-store support for the {dialect!r} dialect")
+
+
+async def _connection_of(session: Any) -> AsyncConnection:
+    """The ``AsyncConnection`` of an ``AsyncSession`` (its current transaction)."""
+    connection = getattr(session, "connection", None)
+    if connection is None:
+        raise ConfigurationError(
+            "connection= takes an SQLAlchemy AsyncConnection or AsyncSession, got "
+            f"{type(session).__name__}"
+        )
+    result = await connection()
+    if not isinstance(result, AsyncConnection):
+        raise ConfigurationError("connection= must be an AsyncConnection or AsyncSession")
+    return result

@@ -1,0 +1,86 @@
+"""An app for multi-process tests, configured by environment variables.
+
+TASKFLOW_URL       database or Redis URL shared by the instances
+TASKFLOW_INSTANCE  this instance's id
+TASKFLOW_LEASE     lease in seconds (short in tests)
+TASKFLOW_RUNS      a file each task run appends "<task_id> <function>" to
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from fastapi import BackgroundTasks, FastAPI
+
+from fastapi_taskflow import TaskAdmin, TaskManager, get_task_context
+
+RUNS = os.environ["TASKFLOW_RUNS"]
+
+task_manager = TaskManager(
+    database_url=os.environ["TASKFLOW_URL"],
+    instance_id=os.environ["TASKFLOW_INSTANCE"],
+    lease_s=float(os.environ.get("TASKFLOW_LEASE", "2")),
+    snapshot_interval=0.5,
+    max_concurrent_tasks=int(os.environ.get("TASKFLOW_CONCURRENCY", "10")),
+    shutdown_grace=1.0,
+)
+app = FastAPI()
+TaskAdmin(app, task_manager, auto_install=True, display_func_args=True)
+
+
+def _note_run() -> None:
+    context = get_task_context()
+    assert context is not None
+    with open(RUNS, "a") as runs:
+        runs.write(f"{context.task_id} {context.func_name}\n")
+
+
+@task_manager.task(name="work", persist=True)
+async def work(n: int, sleep_s: float) -> None:
+    _note_run()
+    await asyncio.sleep(sleep_s)
+
+
+@task_manager.task(name="resumable", persist=True, requeue_on_interrupt=True)
+async def resumable(n: int, sleep_s: float) -> None:
+    _note_run()
+    await asyncio.sleep(sleep_s)
+
+
+@task_manager.task(name="hold", persist=True)
+async def hold(seconds: float) -> None:
+    _note_run()
+    await asyncio.sleep(seconds)
+
+
+@task_manager.task(name="fail_once", persist=True)
+async def fail_once(n: int, sleep_s: float) -> None:
+    _note_run()
+    context = get_task_context()
+    assert context is not None
+    with open(RUNS) as runs:  # noqa: ASYNC230 - a tiny test file
+        seen = sum(1 for line in runs if line.startswith(context.task_id))
+    if seen == 1:
+        raise RuntimeError("first run fails")
+
+
+FUNCS = {"work": work, "resumable": resumable, "hold": hold, "fail_once": fail_once}
+
+
+@app.post("/enqueue")
+async def enqueue(func: str, count: int = 1, sleep_s: float = 0.01, start: int = 0) -> list[str]:
+    target = FUNCS[func]
+    if func == "hold":
+        return [await task_manager.enqueue(target, sleep_s) for _ in range(count)]
+    return [await task_manager.enqueue(target, start + n, sleep_s) for n in range(count)]
+
+
+@app.post("/keyed")
+def keyed(key: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+    return {"task_id": background_tasks.add_task(hold, 0.2, idempotency_key=key)}
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"instance": task_manager.instance_id}
