@@ -9,16 +9,19 @@ they run concurrently, not one after another inside the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import inspect
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import BackgroundTasks, FastAPI
+from fastapi import routing as fastapi_routing
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_parameterless_sub_dependant
 from fastapi.params import Depends
-from fastapi.routing import APIRoute
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 
 from ._errors import NotStartedError
@@ -80,6 +83,37 @@ class ManagedBackgroundTasks(BackgroundTasks):
                 "TaskAdmin(app, task_manager) or call task_manager.install(app), or take it "
                 "from Depends(task_manager.get_tasks)"
             )
+        add = functools.partial(
+            self._add, manager, func, args, kwargs, idempotency_key=idempotency_key,
+            tags=tags, eager=eager, priority=priority, queue=queue,
+        )  # fmt: skip
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # A sync endpoint runs in a worker thread: do the bookkeeping on the event loop
+            # (the manager's state is not thread-safe), with this request's context.
+            context = contextvars.copy_context()
+
+            async def on_loop() -> str:
+                return add(context=context)
+
+            return asyncio.run_coroutine_threadsafe(on_loop(), manager.loop).result()
+        return add(context=None)
+
+    def _add(
+        self,
+        manager: TaskManager,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        idempotency_key: str | None,
+        tags: dict[str, str] | None,
+        eager: bool | None,
+        priority: int | None,
+        queue: str | None,
+        context: contextvars.Context | None,
+    ) -> str:
         job = manager.create(
             func,
             args,
@@ -88,6 +122,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
             tags=tags,
             priority=priority,
             queue=queue,
+            context=context,
         )
         if job.stage is not Stage.HELD or job.record.source != "request":
             return job.task_id  # an existing task (idempotency key)
@@ -181,17 +216,30 @@ def install(app: FastAPI, manager: TaskManager, *, plain_background_tasks: bool)
             raise
 
     bound = 0
-    for route in app.router.routes:
-        if not isinstance(route, APIRoute) or getattr(route, "_taskflow_bound", None) is manager:
+    for dependant, path in _route_dependants(app):
+        if id(dependant) in manager._bound_routes:
             continue
-        if not _wants_binding(route.dependant, plain_background_tasks):
+        if not _wants_binding(dependant, plain_background_tasks):
             continue
-        route.dependant.dependencies.insert(
-            0,
-            get_parameterless_sub_dependant(
-                depends=Depends(bind_request_tasks), path=route.path_format
-            ),
+        binding = Depends(bind_request_tasks)
+        dependant.dependencies.insert(
+            0, get_parameterless_sub_dependant(depends=binding, path=path)
         )
-        route._taskflow_bound = manager  # type: ignore[attr-defined]
+        manager._bound_routes.add(id(dependant))
         bound += 1
     return bound
+
+
+def _route_dependants(app: FastAPI) -> list[tuple[Dependant, str]]:
+    """The dependant of every HTTP route, including routes of included routers (which newer
+    FastAPI versions keep as separate route contexts)."""
+    found: list[tuple[Dependant, str]] = []
+    iter_contexts = getattr(fastapi_routing, "iter_route_contexts", None)
+    routes: Iterable[Any] = (
+        iter_contexts(app.router.routes) if iter_contexts is not None else app.router.routes
+    )
+    for route in routes:
+        dependant = getattr(route, "dependant", None)
+        if isinstance(dependant, Dependant) and getattr(route, "methods", None):
+            found.append((dependant, str(getattr(route, "path_format", "") or "")))
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -32,10 +32,12 @@ class Executor:
         sync_slots: asyncio.Semaphore,
         on_change: Callable[[Job], None],
         on_terminal: Callable[[Job], None],
+        before_start: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self._sync_slots = sync_slots
         self._on_change = on_change
         self._on_terminal = on_terminal
+        self._before_start = before_start
 
     def abandoned(self, job: Job) -> None:
         """End a job whose asyncio task was cancelled before it could run."""
@@ -67,6 +69,8 @@ class Executor:
             record.attempts.append(Attempt(number=number, start_time=now))
             record.updated_at = now
             self._on_change(job)
+            if number == 1 and self._before_start is not None:
+                await self._before_start(job)
             error = await self._attempt(job, number)
             record.attempts[-1].end_time = utcnow()
             if error is None:

@@ -52,6 +52,7 @@ class Flusher:
         self._backend = backend
         self._write_ahead = write_ahead
         self._accepting: dict[str, tuple[Job, asyncio.Future[bool]]] = {}
+        self._starting: dict[str, tuple[TaskRecord, asyncio.Future[None]]] = {}
         self._interval = interval
         self._batch_size = batch_size
         self._max_buffer = max_buffer
@@ -84,6 +85,15 @@ class Flusher:
         another instance already holds a task with this id)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._accepting[job.task_id] = (job, future)
+        self._wake.set()
+        return future
+
+    def started(self, record: TaskRecord) -> asyncio.Future[None]:
+        """Queue the ``running`` state of a task for the pending store; the future is done
+        when it is saved. Instances that adopt a crashed instance's tasks rely on it to tell
+        a task that never started from one that may have run."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[record.task_id] = (record, future)
         self._wake.set()
         return future
 
@@ -124,12 +134,23 @@ class Flusher:
             self._task = None
         await self.flush()
 
+    async def _started_batch(self) -> None:
+        assert self._write_ahead is not None
+        while self._starting:
+            batch = list(self._starting.values())[: self._batch_size]
+            await self._write_ahead.coordinator.update([r.model_copy() for r, _ in batch])
+            for record, future in batch:
+                del self._starting[record.task_id]
+                if not future.done():
+                    future.set_result(None)
+
     async def flush(self) -> int:
         """Write every buffered record now; returns how many were written."""
         written = 0
         async with self._lock:
             if self._write_ahead is not None:
                 await self._write_ahead_batch()
+                await self._started_batch()
             while self._dirty:
                 batch = list(self._dirty.values())[: self._batch_size]
                 for record in batch:

@@ -175,6 +175,8 @@ class TaskManager:
         self.registry = Registry()
         self.store = TaskStore(max_records)
         self._state = _State.NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bound_routes: set[int] = set()  # dependants given managed background tasks
         self._dispatcher: Dispatcher | None = None
         self._executor: Executor | None = None
         self._flusher: Flusher | None = None
@@ -284,6 +286,13 @@ class TaskManager:
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the manager runs on (set by ``startup()``)."""
+        if self._loop is None:
+            raise NotStartedError("the TaskManager has not been started")
+        return self._loop
+
+    @property
     def started(self) -> bool:
         """True between ``startup()`` and ``shutdown()``."""
         return self._state is _State.RUNNING
@@ -294,10 +303,12 @@ class TaskManager:
             return
         if self._state is not _State.NEW:
             raise NotStartedError("this TaskManager was shut down; create a new one to restart")
+        self._loop = asyncio.get_running_loop()
         self._executor = Executor(
             sync_slots=asyncio.Semaphore(self.max_sync_threads),
             on_change=self._on_change,
             on_terminal=self._on_terminal,
+            before_start=self._before_start,
         )
         self._dispatcher = Dispatcher(
             self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned
@@ -419,6 +430,7 @@ class TaskManager:
         task_id: str | None = None,
         created_at: Any = None,
         write_ahead: bool = True,
+        context: contextvars.Context | None = None,
     ) -> Job:
         """Accept a task: validate it, record it as pending and reserve its queue slot.
 
@@ -492,7 +504,7 @@ class TaskManager:
             config=config,
             args=args,
             kwargs=kwargs,
-            context=contextvars.copy_context(),
+            context=context if context is not None else contextvars.copy_context(),
             args_stored=exact,
         )
         assert self._dispatcher is not None
@@ -634,6 +646,24 @@ class TaskManager:
         return install(app, self, plain_background_tasks=plain_background_tasks)
 
     # ------------------------------------------------------------------ actions
+
+    async def _before_start(self, job: Job) -> None:
+        """In a shared deployment, a persisted task is marked running in the pending store
+        before its function is called, so that if this instance dies an adopting instance
+        knows the task may have run (and re-runs it only with requeue_on_interrupt)."""
+        if not job.leased or self._flusher is None:
+            return
+        self._changed.pop(job.task_id, None)
+        saved = self._flusher.started(job.record)
+        try:
+            async with asyncio.timeout(self.durability_timeout):
+                await asyncio.shield(saved)
+        except TimeoutError:
+            logger.warning(
+                "fastapi-taskflow: task %s starts before its running state is saved (the "
+                "backend is slow or unreachable)",
+                job.task_id,
+            )
 
     def _on_change(self, job: Job) -> None:
         self.store.changed(job.record)

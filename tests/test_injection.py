@@ -330,3 +330,27 @@ async def test_max_concurrent_tasks_caps_async_tasks() -> None:
         ids = [await tm.enqueue(work) for _ in range(12)]
         await wait_for(lambda: all(tm.store.get(i).record.status.is_terminal for i in ids))  # type: ignore[union-attr]
     assert peak == 3
+
+
+async def test_routes_of_included_routers_are_bound() -> None:
+    from fastapi import APIRouter
+
+    tm = TaskManager()
+    app = make_app(tm, auto_install=True)
+    router = APIRouter(prefix="/v1")
+    ran: list[str] = []
+
+    @router.post("/plain")
+    def plain(background_tasks: BackgroundTasks) -> dict[str, str]:
+        return {"task_id": background_tasks.add_task(ran.append, "plain")}
+
+    @router.post("/annotated")
+    async def annotated(tasks: ManagedBackgroundTasks) -> dict[str, str]:
+        return {"task_id": tasks.add_task(ran.append, "annotated")}
+
+    app.include_router(router)
+    async with serve(app) as client:
+        for path in ("/v1/plain", "/v1/annotated"):
+            task_id = (await client.post(path)).json()["task_id"]
+            assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
+    assert sorted(ran) == ["annotated", "plain"]

@@ -8,7 +8,9 @@ outside the repository migrating a database by itself.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -297,11 +299,27 @@ def _site_packages() -> list[str]:
     return sorted(paths)
 
 
+def _installer() -> list[str]:
+    """pip of this interpreter, or uv (nox's uv backend makes venvs without pip)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("neither pip nor uv is available to build and install a wheel")
+    return [uv, "pip"]
+
+
 @pytest.mark.slow
 def test_an_installed_wheel_migrates_without_the_repository(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
+    installer = _installer()
+    with_pip = installer[0] == sys.executable
+    if with_pip:
+        build_cmd = [*installer, "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)]
+    else:
+        build_cmd = [installer[0], "build", "--wheel", "-q", "-o", str(wheels), str(REPO)]
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        build_cmd,
         capture_output=True,
         text=True,
         timeout=600,
@@ -317,9 +335,10 @@ def test_an_installed_wheel_migrates_without_the_repository(tmp_path: Path) -> N
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    target = ["--python", str(python)]
+    install_cmd = [*installer, *target, "install"] if with_pip else [*installer, "install", *target]
     install = subprocess.run(
-        [*pip, "install", "-q", "--no-deps", str(wheel)],
+        [*install_cmd, "-q", "--no-deps", str(wheel)],
         capture_output=True,
         text=True,
         timeout=600,

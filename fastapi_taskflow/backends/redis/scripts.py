@@ -49,15 +49,13 @@ return 0
 # KEYS[7], the keyed-success set (``save`` adds the ones that succeeded back right after,
 # in the same transaction). Sent with EVAL inside MULTI, like UNINDEX.
 UNPEND = """
-for i = 1, #ARGV, 4000 do
-  local j = math.min(i + 3999, #ARGV)
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))
-  redis.call('ZREM', KEYS[2], unpack(ARGV, i, j))
-  redis.call('ZREM', KEYS[3], unpack(ARGV, i, j))
-  redis.call('ZREM', KEYS[4], unpack(ARGV, i, j))
-  redis.call('HDEL', KEYS[5], unpack(ARGV, i, j))
-  redis.call('SREM', KEYS[6], unpack(ARGV, i, j))
-  redis.call('ZREM', KEYS[7], unpack(ARGV, i, j))
+local removals = {'HDEL', 'ZREM', 'ZREM', 'ZREM', 'HDEL', 'SREM', 'ZREM'}
+for k, command in ipairs(removals) do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    for i = 1, #ARGV, 4000 do
+      redis.call(command, KEYS[k], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+    end
+  end
 end
 return 0
 """

@@ -69,10 +69,10 @@ def _make_parent_dir(url: URL) -> None:
 def install_sqlite_events(engine: AsyncEngine) -> None:
     """On every new SQLite connection: busy timeout, WAL, and ``BEGIN IMMEDIATE`` for writes.
 
-    pysqlite opens a transaction itself before the first INSERT/UPDATE/DELETE, with
-    ``"BEGIN " + isolation_level``. Making that ``BEGIN IMMEDIATE`` takes the write lock
-    up front, so a write transaction never fails half-way on a lock upgrade; reads run
-    without a transaction of their own (each SELECT sees one consistent snapshot).
+    Write transactions start with :func:`begin_immediate`, taking the write lock up front so
+    they never fail half-way on a lock upgrade. Should a write start without it, pysqlite's
+    own implicit ``"BEGIN " + isolation_level`` is made IMMEDIATE too. Reads run without a
+    transaction of their own (each SELECT sees one consistent snapshot).
     """
     sync_engine = engine.sync_engine
     if not event.contains(sync_engine, "connect", _sqlite_on_connect):
@@ -93,8 +93,7 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
 async def begin_immediate(conn: AsyncConnection) -> None:
     """Start a transaction holding SQLite's write lock now (not at the first write).
 
-    For work whose first statement reads (migrations, claims). Other databases lock rows
-    as they go: there it simply begins.
+    Other databases lock rows as they go: there it simply begins.
     """
     if conn.dialect.name == "sqlite":
         await conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._errors import BackendError
-from .dialect import is_transient
+from .dialect import begin_immediate, is_transient
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
@@ -40,8 +40,12 @@ async def _attempts(engine: AsyncEngine, work: Work[T], what: str, *, write: boo
             async with engine.connect() as conn:
                 if not write:
                     return await work(conn)  # no explicit transaction: fewer round trips
-                async with conn.begin():
-                    return await work(conn)
+                # SQLite takes its write lock here, so work that reads before it writes
+                # (check, then insert) is atomic across processes; an error rolls back.
+                await begin_immediate(conn)
+                result = await work(conn)
+                await conn.commit()
+                return result
         except (SQLAlchemyError, OSError) as exc:
             if delay is None or not is_transient(exc):
                 raise translate(exc, what, engine) from exc
