@@ -114,6 +114,9 @@ class ManagedBackgroundTasks(BackgroundTasks):
         queue: str | None,
         context: contextvars.Context | None,
     ) -> str:
+        existing = manager.duplicate_of(idempotency_key)
+        if existing is not None:
+            return existing.task_id
         job = manager.create(
             func,
             args,
@@ -124,10 +127,6 @@ class ManagedBackgroundTasks(BackgroundTasks):
             queue=queue,
             context=context,
         )
-        if job.stage is not Stage.HELD or job.record.source != "request":
-            return job.task_id  # an existing task (idempotency key)
-        if job in self._held:
-            return job.task_id
         if eager if eager is not None else job.config.eager:
             manager.dispatch(job)
         else:
@@ -142,7 +141,8 @@ class ManagedBackgroundTasks(BackgroundTasks):
 
     async def __call__(self) -> None:
         """Run after the response is sent: hand the held tasks over and return at once."""
-        held, self._held = self._held, []
+        held = list(self._held)
+        self._held.clear()  # in place: the finalizer watches this very list
         if self._manager is not None:
             for job in held:
                 self._manager.dispatch(job)

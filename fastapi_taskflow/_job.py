@@ -34,6 +34,7 @@ class Job:
     args_stored: bool = True
     done: asyncio.Event | None = field(default=None)
     durable: asyncio.Future[bool] | None = None  # write-ahead outcome, for persisted tasks
+    dispatched: bool = False  # handed to dispatch() (may still wait for durability)
     leased: bool = False  # held in the shared pending store under this instance's lease
 
     @property

@@ -46,6 +46,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+_HOLDS_KEY = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS})
 _RETRYABLE = frozenset(
     {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED, TaskStatus.REJECTED}
 )
@@ -444,14 +445,9 @@ class TaskManager:
                 "'await task_manager.startup()'"
             )
         config = self.registry.for_callable(func)
-        if idempotency_key is not None:
-            existing = self.store.by_idempotency_key(idempotency_key)
-            if existing is not None and existing.record.status in (
-                TaskStatus.PENDING,
-                TaskStatus.RUNNING,
-                TaskStatus.SUCCESS,
-            ):
-                return existing
+        existing = self.duplicate_of(idempotency_key)
+        if existing is not None:
+            return existing
         queue_name = queue or config.queue or DEFAULT_QUEUE
         if queue_name not in self._queues:
             raise ConfigurationError(self._unknown_queue(queue_name))
@@ -525,14 +521,24 @@ class TaskManager:
             job.durable = self._flusher.accept(job)
         return job
 
+    def duplicate_of(self, idempotency_key: str | None) -> Job | None:
+        """The pending, running or succeeded task known here that holds this key."""
+        if idempotency_key is None:
+            return None
+        existing = self.store.by_idempotency_key(idempotency_key)
+        if existing is not None and existing.record.status in _HOLDS_KEY:
+            return existing
+        return None
+
     def dispatch(self, job: Job) -> None:
         """Let an accepted job start (now, or when its queue has room).
 
         A persisted task in a shared deployment starts once its write-ahead record is
         durable (or after ``durability_timeout`` if the backend is unreachable).
         """
-        if job.stage is not Stage.HELD:
+        if job.stage is not Stage.HELD or job.dispatched:
             return
+        job.dispatched = True
         durable = job.durable
         if durable is not None and not durable.done():
             loop = asyncio.get_running_loop()
@@ -578,7 +584,7 @@ class TaskManager:
 
     def discard(self, job: Job, reason: str) -> None:
         """End a held job that will never be dispatched (its request failed)."""
-        if job.stage is not Stage.HELD or job.record.status is not TaskStatus.PENDING:
+        if job.stage is not Stage.HELD or job.dispatched or job.record.status.is_terminal:
             return
         if self._dispatcher is not None:
             self._dispatcher.release(job)

@@ -47,7 +47,8 @@ return 0
 
 # Completes (or forgets) the task ids in ARGV: out of every pending-store key, and out of
 # KEYS[7], the keyed-success set (``save`` adds the ones that succeeded back right after,
-# in the same transaction). Sent with EVAL inside MULTI, like UNINDEX.
+# in the same transaction). Keys that do not exist are skipped, so a backend used without
+# a coordinator pays next to nothing. Sent with EVAL inside MULTI, like UNINDEX.
 UNPEND = """
 local removals = {'HDEL', 'ZREM', 'ZREM', 'ZREM', 'HDEL', 'SREM', 'ZREM'}
 for k, command in ipairs(removals) do
