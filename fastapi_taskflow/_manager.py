@@ -438,6 +438,48 @@ class TaskManager:
         Returns the job, which is not started yet (see :meth:`dispatch`). When the
         idempotency key matches a live or succeeded task, that task's job is returned.
         """
+        existing = self.duplicate_of(idempotency_key)
+        if existing is not None:
+            return existing
+        job = self._prepare(
+            func, args, kwargs, idempotency_key=idempotency_key, tags=tags, priority=priority,
+            queue=queue, source=source, task_id=task_id, created_at=created_at, context=context,
+        )  # fmt: skip
+        record, queue_name = job.record, job.record.queue
+        assert self._dispatcher is not None
+        if not self._dispatcher.admit(job):
+            self.store.add(job)
+            assert self._executor is not None
+            limit = self._queues[queue_name].max_size
+            message = f"queue {queue_name!r} is full ({limit} tasks waiting); task rejected"
+            self._executor.finish(job, TaskStatus.REJECTED, message)
+            raise QueueFullError(
+                f"{message}. Raise max_size for the queue or add tasks more slowly.",
+                task_id=record.task_id,
+                queue=queue_name,
+            )
+        self.store.add(job)
+        if write_ahead and self._persists(job.config) and self._coordinator is not None:
+            assert self._flusher is not None
+            job.durable = self._flusher.accept(job)
+        return job
+
+    def _prepare(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        idempotency_key: str | None,
+        tags: dict[str, str] | None,
+        priority: int | None,
+        queue: str | None,
+        source: str,
+        task_id: str | None,
+        created_at: Any,
+        context: contextvars.Context | None,
+    ) -> Job:
+        """Validate a task and build its job and pending record (nothing is stored)."""
         if self._state is not _State.RUNNING:
             raise NotStartedError(
                 "the TaskManager is not running: start it with TaskAdmin(app, task_manager), "
@@ -445,9 +487,6 @@ class TaskManager:
                 "'await task_manager.startup()'"
             )
         config = self.registry.for_callable(func)
-        existing = self.duplicate_of(idempotency_key)
-        if existing is not None:
-            return existing
         queue_name = queue or config.queue or DEFAULT_QUEUE
         if queue_name not in self._queues:
             raise ConfigurationError(self._unknown_queue(queue_name))
@@ -503,22 +542,6 @@ class TaskManager:
             context=context if context is not None else contextvars.copy_context(),
             args_stored=exact,
         )
-        assert self._dispatcher is not None
-        if not self._dispatcher.admit(job):
-            self.store.add(job)
-            assert self._executor is not None
-            limit = self._queues[queue_name].max_size
-            message = f"queue {queue_name!r} is full ({limit} tasks waiting); task rejected"
-            self._executor.finish(job, TaskStatus.REJECTED, message)
-            raise QueueFullError(
-                f"{message}. Raise max_size for the queue or add tasks more slowly.",
-                task_id=record.task_id,
-                queue=queue_name,
-            )
-        self.store.add(job)
-        if shared and write_ahead:
-            assert self._flusher is not None
-            job.durable = self._flusher.accept(job)
         return job
 
     def duplicate_of(self, idempotency_key: str | None) -> Job | None:
@@ -600,12 +623,26 @@ class TaskManager:
         tags: dict[str, str] | None = None,
         priority: int | None = None,
         queue: str | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> str:
         """Add a task from outside a request (startup code, another task, a script).
 
-        Starts it as soon as its queue has room and returns its id.
+        Starts it as soon as its queue has room and returns its id. A persisted task in a
+        shared deployment is durable when this returns.
+
+        With ``connection=`` (an SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` on the
+        same database as the SQL backend), the task is written in the caller's open
+        transaction: it exists if and only if the caller commits, and is started after the
+        commit, by this instance or another. The function must be registered.
         """
+        if connection is not None:
+            from ._transactional import enqueue_in_transaction
+
+            return await enqueue_in_transaction(
+                self, func, args, kwargs, connection, idempotency_key=idempotency_key,
+                tags=tags, priority=priority, queue=queue,
+            )  # fmt: skip
         job = self.create(
             func,
             args,

@@ -102,7 +102,7 @@ class Recovery:
             priority=record.priority,
             queue=record.queue if self._m._dispatcher and self._m._dispatcher.has_queue(
                 record.queue) else None,
-            source="requeue",
+            source="transaction" if record.source == "transaction" else "requeue",
             task_id=record.task_id, created_at=record.created_at, write_ahead=False,
         )  # fmt: skip
         job.record.logs = list(record.logs)
