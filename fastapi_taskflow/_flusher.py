@@ -63,6 +63,7 @@ class Flusher:
         self._lock = asyncio.Lock()
         self.written = 0
         self.dropped = 0
+        self.healthy = True  # False from a failed write until the next one succeeds
 
     def add(self, record: TaskRecord) -> None:
         self._dirty.pop(record.task_id, None)
@@ -183,10 +184,17 @@ class Flusher:
             try:
                 await self.flush()
                 failures = 0
+                if not self.healthy:
+                    logger.warning("fastapi-taskflow: the backend is back; buffered writes saved")
+                self.healthy = True
             except Exception as exc:
                 failures += 1
-                logger.warning(
-                    "fastapi-taskflow: saving %d records failed (%s); retrying with backoff",
-                    self.backlog,
-                    exc,
-                )
+                self.healthy = False
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning(
+                        "fastapi-taskflow: writing to the backend failed (%s); %d records and "
+                        "%d accepted tasks are buffered and retried with backoff",
+                        exc,
+                        self.backlog,
+                        len(self._accepting),
+                    )

@@ -563,7 +563,8 @@ class TaskManager:
             return
         job.dispatched = True
         durable = job.durable
-        if durable is not None and not durable.done():
+        healthy = self._flusher is None or self._flusher.healthy
+        if durable is not None and not durable.done() and healthy:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(self.durability_timeout, self._after_durable, job)
 
@@ -588,10 +589,10 @@ class TaskManager:
                     self.store.remove(job.task_id)
                 return
             job.leased = True
-        elif durable is not None:
+        elif durable is not None and self._flusher is not None and self._flusher.healthy:
             logger.warning(
                 "fastapi-taskflow: task %s starts before its write-ahead record is saved "
-                "(the backend is slow or unreachable); a crash now would lose it",
+                "(the backend is slow); a crash now would lose it",
                 job.task_id,
             )
         if self._state is not _State.RUNNING:
@@ -653,7 +654,8 @@ class TaskManager:
             queue=queue,
             source="enqueue",
         )
-        if job.durable is not None and not job.durable.done():
+        healthy = self._flusher is None or self._flusher.healthy
+        if job.durable is not None and not job.durable.done() and healthy:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.durability_timeout):
                     await asyncio.shield(job.durable)
@@ -694,7 +696,7 @@ class TaskManager:
         """In a shared deployment, a persisted task is marked running in the pending store
         before its function is called, so that if this instance dies an adopting instance
         knows the task may have run (and re-runs it only with requeue_on_interrupt)."""
-        if not job.leased or self._flusher is None:
+        if not job.leased or self._flusher is None or not self._flusher.healthy:
             return
         self._changed.pop(job.task_id, None)
         saved = self._flusher.started(job.record)
@@ -702,10 +704,8 @@ class TaskManager:
             async with asyncio.timeout(self.durability_timeout):
                 await asyncio.shield(saved)
         except TimeoutError:
-            logger.warning(
-                "fastapi-taskflow: task %s starts before its running state is saved (the "
-                "backend is slow or unreachable)",
-                job.task_id,
+            logger.debug(
+                "fastapi-taskflow: %s starts before its running state is saved", job.task_id
             )
 
     def _on_change(self, job: Job) -> None:

@@ -48,6 +48,10 @@ class Recovery:
         assert coordinator is not None
         unknown: list[TaskRecord] = []
         for record in records:
+            mine = self._m.store.get(record.task_id)
+            if mine is not None and mine.stage is not Stage.DONE:
+                mine.leased = True  # our own task, whose lease lapsed (backend outage)
+                continue
             job = self._job_for(record)
             if job is None:
                 unknown.append(record)

@@ -89,9 +89,7 @@ async def test_keyed_task_that_succeeded_recently_is_not_accepted_again(
     c = coord(backend)
     keyed = rec(5, idempotency_key="order-5")
     assert await c.accept([keyed], owner="a", lease_s=30, key_ttl_s=3600) == ["task-0005"]
-    done = keyed.model_copy(
-        update={"status": TaskStatus.SUCCESS, "end_time": datetime.now(UTC)}
-    )
+    done = keyed.model_copy(update={"status": TaskStatus.SUCCESS, "end_time": datetime.now(UTC)})
     await backend.save([done])  # completing a task removes it from the pending store
     assert await c.get_live("task-0005") is None
     assert await c.accept([keyed], owner="b", lease_s=30, key_ttl_s=3600) == []
@@ -106,8 +104,10 @@ async def test_keyed_task_that_succeeded_recently_is_not_accepted_again(
 async def test_concurrent_accepts_of_one_id_admit_exactly_one(backend: SnapshotBackend) -> None:
     c = coord(backend)
     results = await asyncio.gather(
-        *(c.accept([rec(9, idempotency_key="k")], owner=f"i{n}", lease_s=30, key_ttl_s=60)
-          for n in range(5))  # fmt: skip
+        *(
+            c.accept([rec(9, idempotency_key="k")], owner=f"i{n}", lease_s=30, key_ttl_s=60)
+            for n in range(5)
+        )  # fmt: skip
     )
     assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
 

@@ -28,13 +28,9 @@ def upgrade() -> None:
             sa.Column("status", sa.String(length=16), nullable=False, server_default="pending")
         )
         batch.add_column(
-            sa.Column(
-                "cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()
-            )
+            sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false())
         )
-    op.create_index(
-        "ix_taskflow_pending_created", "taskflow_pending", ["created_at", "task_id"]
-    )
+    op.create_index("ix_taskflow_pending_created", "taskflow_pending", ["created_at", "task_id"])
 
 
 def downgrade() -> None:

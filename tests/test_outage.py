@@ -1,0 +1,159 @@
+"""A backend that goes away for ten seconds in the middle of 5,000 tasks: requests keep
+being served, tasks keep running, nothing is lost, and the app recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import _servers
+import httpx
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+
+from fastapi_taskflow import TaskAdmin, TaskFilter, TaskManager, TaskStatus
+
+pytestmark = pytest.mark.slow
+OUTAGE_S = 10.0
+
+
+class Outage:
+    """A private server that can be stopped and started again with its data kept."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.server: Any = (
+            _servers.PostgresServer() if kind == "postgres" else _servers.RedisServer()
+        )
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url())
+
+    def down(self) -> None:
+        server = self.server
+        if self.kind == "postgres":
+            server._run(
+                [
+                    str(server.bindir / "pg_ctl"),
+                    "-D",
+                    str(server.datadir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ]
+            )
+        else:
+            server.command("SAVE")  # keep the data across the restart, like a real deployment
+            server.proc.send_signal(signal.SIGTERM)
+            server.proc.wait()
+            server._log.close()
+
+    def up(self) -> None:
+        server = self.server
+        if self.kind == "postgres":
+            opts = (
+                f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.sockdir}"
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                " -c max_connections=200"
+            )
+            result = server._run(
+                [str(server.bindir / "pg_ctl"), "-D", str(server.datadir), "-l",
+                 str(server.datadir.parent / "postgres.log"), "-o", opts, "-w", "start"]
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        else:
+            binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+            server._spawn(
+                [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--dir",
+                 str(server.tmpdir), "--save", "", "--appendonly", "no"],
+                server.tmpdir / "redis.log",
+            )  # fmt: skip
+            assert server._wait_ready(10.0)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self.server.stop()
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("redis", marks=pytest.mark.redis)])  # fmt: skip
+def outage(request: pytest.FixtureRequest) -> Iterator[Outage]:
+    if _servers.os.environ.get("TASKFLOW_TEST_NO_SERVERS"):
+        pytest.skip("TASKFLOW_TEST_NO_SERVERS is set")
+    made = Outage(request.param)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+async def test_backend_down_for_ten_seconds_during_5000_tasks(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    tm = TaskManager(
+        database_url=outage.url, snapshot_interval=1.0, lease_s=3.0, durability_timeout=1.0,
+        max_concurrent_tasks=50,
+    )  # fmt: skip
+    app = FastAPI()
+    TaskAdmin(app, tm, auto_install=True)
+    done = 0
+
+    @tm.task(name="outage.work", persist=True)
+    async def work(n: int) -> None:
+        nonlocal done
+        await asyncio.sleep(0.001)
+        done += 1
+
+    @app.post("/batch")
+    def batch(start: int, background_tasks: BackgroundTasks) -> list[str]:
+        return [background_tasks.add_task(work, start + i) for i in range(20)]
+
+    ids: list[str] = []
+    statuses: list[int] = []
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+            async def produce(first: int, last: int) -> None:
+                for start in range(first, last, 20):
+                    response = await client.post("/batch", params={"start": start})
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        ids.extend(response.json())
+                    await asyncio.sleep(0.01)
+
+            await produce(0, 1000)
+            outage.down()
+            went_down = time.monotonic()
+            await produce(1000, 4000)  # while the backend is away
+            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - went_down)))
+            outage.up()
+            await produce(4000, 5000)
+            assert statuses == [200] * 250  # no request failed because of the outage
+            assert len(set(ids)) == 5000
+            async with asyncio.timeout(90):
+                while done < 5000:
+                    await asyncio.sleep(0.1)
+            backend = tm.backend
+            assert backend is not None
+            history = backend.history()
+            coordinator = backend.coordinator()
+            assert history is not None and coordinator is not None
+            async with asyncio.timeout(90):  # the buffered writes land once it is back
+                while await history.count(TaskFilter(statuses=(TaskStatus.SUCCESS,))) < 5000:
+                    await asyncio.sleep(0.25)
+            assert await history.count(TaskFilter()) == 5000
+            assert (await coordinator.live(TaskFilter())).items == []
+    assert done == 5000  # every task ran exactly once
+    # the outage was real: writes failed, were buffered, and went through afterwards
+    assert "writing to the backend failed" in caplog.text
+    assert "the backend is back" in caplog.text
