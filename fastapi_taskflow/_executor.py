@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ._context import TaskContext, append_log, reset_task_context, set_task_context
 from ._errors import TaskflowError
 from ._job import Job, Stage
-from ._models import Attempt, TaskStatus, utcnow
+from ._models import Attempt, TaskStatus, construct_all, utcnow
 
 
 class TaskTimeoutError(TaskflowError, TimeoutError):
@@ -66,7 +66,9 @@ class Executor:
             record.status = TaskStatus.RUNNING
             if record.start_time is None:
                 record.start_time = now
-            record.attempts.append(Attempt(number=number, start_time=now))
+            record.attempts.append(
+                construct_all(Attempt, number=number, start_time=now, end_time=None, error=None)
+            )
             record.updated_at = now
             self._on_change(job)
             if number == 1 and self._before_start is not None:
@@ -158,4 +160,5 @@ class Executor:
             attempt = record.attempts[-1].number if record.attempts else 0
             append_log(record, error, level="error", attempt=attempt)
         job.stage = Stage.DONE
+        job.context = None  # do not keep the request's context variables alive
         self._on_terminal(job)

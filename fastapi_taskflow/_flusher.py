@@ -45,7 +45,7 @@ class Flusher:
         backend: SnapshotBackend,
         *,
         interval: float,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         max_buffer: int = 1_000_000,
         write_ahead: WriteAhead | None = None,
     ) -> None:

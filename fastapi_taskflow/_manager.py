@@ -31,7 +31,7 @@ from ._flusher import Flusher, WriteAhead
 from ._history import LoadingRepository, TaskHistory
 from ._job import Job, Stage
 from ._leases import LeaseKeeper
-from ._models import QueueConfig, TaskRecord, TaskStatus, utcnow
+from ._models import QueueConfig, TaskRecord, TaskStatus, construct_all, utcnow
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
 from ._retry import RetryPolicy
 from ._store import TaskStore
@@ -510,7 +510,8 @@ class TaskManager:
         else:
             exact, stored_args, stored_kwargs = True, [], {}
         now = utcnow()
-        record = TaskRecord.model_construct(
+        record = construct_all(
+            TaskRecord,
             task_id=task_id or uuid.uuid4().hex,
             func_name=config.name,
             status=TaskStatus.PENDING,

@@ -107,7 +107,7 @@ async def test_concurrent_accepts_of_one_id_admit_exactly_one(backend: SnapshotB
         *(
             c.accept([rec(9, idempotency_key="k")], owner=f"i{n}", lease_s=30, key_ttl_s=60)
             for n in range(5)
-        )  # fmt: skip
+        )
     )
     assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
 

@@ -844,6 +844,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"any of {', '.join(BACKENDS)} or 'all' (default: memory plus every backend that "
         "can be used here; an unusable backend named explicitly is an error)",
     )
+    parser.add_argument(
+        "--backends",
+        metavar="A,B",
+        help="the same as --backend, comma-separated (the spelling the other benchmarks use)",
+    )
     parser.add_argument("--postgres-url", help="use this PostgreSQL database (else start one)")
     parser.add_argument("--mysql-url", help="use this MySQL/MariaDB database (else start one)")
     parser.add_argument("--redis-url", help="use this Redis database (else start one)")
@@ -881,6 +886,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         print(f"bench_core: ignoring unknown arguments {unknown}", file=sys.stderr)
     names = [name for group in opts.backend_args or [] for name in group]
+    names += [name.strip() for name in (opts.backends or "").split(",") if name.strip()]
     for name in names:
         if name not in (*BACKENDS, "all"):
             parser.error(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} or all")

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_durability.py                      # SQLite and PostgreSQL
     python tests/benchmarks/bench_durability.py --tasks 5000 --backends sqlite,postgres
-    python tests/benchmarks/bench_durability.py --backends all       # + MariaDB and Redis
+    python tests/benchmarks/bench_durability.py --backends all       # + memory, MariaDB, Redis
     python tests/benchmarks/bench_durability.py --quick              # a smoke run
     python tests/benchmarks/bench_durability.py --profile /tmp/prof  # cProfile of run 1
 
@@ -27,6 +27,10 @@ history record is saved) is compared:
   There a request's tasks are written ahead after its response is sent, so this row measures
   throughput only.
 
+``--backends memory`` adds ``TaskManager(snapshot_backend=MemoryBackend())`` (enqueue path
+only): write-ahead through the reference in-memory coordinator, without a database. It is no
+floor of the library's own cost: MemoryBackend deep-copies every record it is given.
+
 Variants run interleaved, ``--repeat`` times each (3), every run in a fresh process on a
 fresh database; the table shows medians. Target: throughput with write-ahead at least
 0.5 of without, per backend.
@@ -44,7 +48,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,9 +59,10 @@ for _path in (str(ROOT), str(ROOT / "tests"), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-BACKENDS = ("sqlite", "postgres", "mysql", "redis")
+BACKENDS = ("memory", "sqlite", "postgres", "mysql", "redis")
 DEFAULT_BACKENDS = ("sqlite", "postgres")
 TARGET = 0.5  # throughput with write-ahead / without (issue 4)
+MEMORY_URL = "memory:"  # the probe's stand-in for TaskManager(snapshot_backend=MemoryBackend())
 
 
 # =========================================================================== probe process
@@ -91,6 +95,21 @@ class _Meter:
         return {"calls": self.calls, "rows": self.rows, "seconds": self.seconds}
 
 
+class _GcTimer:
+    """Adds up the time the garbage collector runs (between :meth:`reset` and now)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+
 class _Warnings(logging.Handler):
     """Counts the library's warnings (e.g. a task starting before its record is durable)."""
 
@@ -117,7 +136,12 @@ async def probe(opts: argparse.Namespace) -> dict[str, Any]:
 
     warnings = _Warnings()
     logging.getLogger("fastapi_taskflow").addHandler(warnings)
-    manager = TaskManager(database_url=opts.database_url)
+    if opts.database_url == MEMORY_URL:
+        from fastapi_taskflow.backends.memory import MemoryBackend
+
+        manager = TaskManager(snapshot_backend=MemoryBackend())
+    else:
+        manager = TaskManager(database_url=opts.database_url)
     finished = 0
     target = -1
     done_at = 0.0
@@ -167,6 +191,7 @@ async def probe(opts: argparse.Namespace) -> dict[str, Any]:
             await phase(opts.warmup, [])
             await manager.flush()
         gc.collect()
+        gc_timer = _GcTimer()
         for meter in meters.values():
             meter.reset()
         warnings.count, warnings.first = 0, None
@@ -176,10 +201,11 @@ async def probe(opts: argparse.Namespace) -> dict[str, Any]:
 
             profiler = cProfile.Profile()
             profiler.enable()
-        cpu0 = time.process_time()
+        cpu0, loop_cpu0 = time.process_time(), time.thread_time()
         latencies: list[float] = []
         seconds, t0 = await phase(opts.tasks, latencies)
-        cpu = time.process_time() - cpu0
+        cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop_cpu0
+        gc_seconds = gc_timer.seconds
         await manager.flush()
         durable_seconds = time.perf_counter() - t0
         if profiler is not None:
@@ -205,6 +231,8 @@ async def probe(opts: argparse.Namespace) -> dict[str, Any]:
         "durable_per_s": opts.tasks / durable_seconds,
         "seconds": seconds,
         "cpu_us_per_task": cpu / opts.tasks * 1e6,
+        "loop_cpu_us_per_task": loop_cpu / opts.tasks * 1e6,
+        "gc_share": gc_seconds / seconds,
         "p50_ms": _percentile(latencies, 0.50) * 1e3,
         "p99_ms": _percentile(latencies, 0.99) * 1e3,
         "max_ms": max(latencies) * 1e3,
@@ -311,9 +339,9 @@ async def measure(opts: argparse.Namespace) -> list[Row]:
 
     databases = bench_core._Databases(opts.http_opts)
     rows: list[Row] = []
-    modes = ("enqueue", "http") if opts.http else ("enqueue",)
     try:
         for backend in opts.backend_list:
+            modes = ("enqueue", "http") if opts.http and backend != "memory" else ("enqueue",)
             backend_rows = [
                 Row(backend, mode, persist) for mode in modes for persist in (False, True)
             ]
@@ -334,8 +362,7 @@ async def measure(opts: argparse.Namespace) -> list[Row]:
                             profile = ""
                             if opts.profile and round_ == 0:
                                 profile = _profile_path(opts.profile, backend, row.persist)
-                            url = databases.url(backend)
-                            assert url is not None
+                            url = databases.url(backend) or MEMORY_URL
                             run = await run_probe(backend, row.persist, url, opts, profile)
                             if profile:
                                 _print_profile(profile)
@@ -364,6 +391,10 @@ async def measure(opts: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else share * 100
+
+
 def _fmt(value: float | None, spec: str) -> str:
     if value is None:
         width = spec.split(".")[0].strip(",")
@@ -371,30 +402,28 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-def _ratio(rows: list[Row], row: Row, key: str = "tasks_per_s") -> float | None:
-    if not row.persist:
+def _base(rows: list[Row], row: Row) -> Row | None:
+    """The persist=False row a persist=True row is compared with (same backend and path)."""
+    if not row.persist or row.error:
         return None
     base = next(
         (r for r in rows if r.backend == row.backend and r.mode == row.mode and not r.persist),
         None,
     )
-    if base is None or base.error or row.error:
-        return None
-    mine, theirs = row.median(key), base.median(key)
+    return None if base is None or base.error else base
+
+
+def _ratio(rows: list[Row], row: Row) -> float | None:
+    """Throughput with write-ahead over throughput without."""
+    base = _base(rows, row)
+    mine, theirs = row.median("tasks_per_s"), base.median("tasks_per_s") if base else None
     return mine / theirs if mine and theirs else None
 
 
 def _cpu_ratio(rows: list[Row], row: Row) -> float | None:
-    """The base row's CPU per task over this row's (throughput on one dedicated core)."""
-    if not row.persist:
-        return None
-    base = next(
-        (r for r in rows if r.backend == row.backend and r.mode == row.mode and not r.persist),
-        None,
-    )
-    if base is None or base.error or row.error:
-        return None
-    mine, theirs = row.median("cpu_us_per_task"), base.median("cpu_us_per_task")
+    """CPU per task without write-ahead over with it (throughput on one dedicated core)."""
+    base = _base(rows, row)
+    mine, theirs = row.median("cpu_us_per_task"), base.median("cpu_us_per_task") if base else None
     return theirs / mine if mine and theirs else None
 
 
@@ -403,6 +432,8 @@ def _wal(row: Row) -> str:
     if row.mode != "enqueue" or not row.persist or not row.runs:
         return ""
     meters = [run["meters"] for run in row.runs]
+    if not all(m.get("accept", {}).get("calls") for m in meters):
+        return "-"
     accept = statistics.median(m["accept"]["calls"] for m in meters)
     rows = statistics.median(m["accept"]["rows"] / max(m["accept"]["calls"], 1) for m in meters)
     ms = statistics.median(
@@ -423,12 +454,12 @@ def print_table(rows: list[Row], opts: argparse.Namespace) -> None:
     header = (
         f"{'backend':<9} {'path':<8} {'persist':<7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'tasks/s':>8} {'min':>7} {'max':>7} {'ratio':>6} {'durable/s':>9} {'µs/task':>8} "
-        f"{'cpu ratio':>9}  write-ahead txns"
+        f"{'cpu ratio':>9} {'GC':>4}  write-ahead txns"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        head = f"{row.backend:<9} {row.mode:<8} {str(row.persist):<7}"
+        head = f"{row.backend:<9} {row.mode:<8} {row.persist!s:<7}"
         if row.error:
             print(f"{head} error: {row.error.splitlines()[0]}")
             continue
@@ -441,8 +472,8 @@ def print_table(rows: list[Row], opts: argparse.Namespace) -> None:
             f"{head} {_fmt(row.median('p50_ms'), '7.3f')} {_fmt(row.median('p99_ms'), '7.2f')} "
             f"{row.median('tasks_per_s'):>8,.0f} {min(rates):>7,.0f} {max(rates):>7,.0f} "
             f"{_fmt(ratio, '6.2f')} {_fmt(row.median('durable_per_s'), '9,.0f')} "
-            f"{_fmt(row.median('cpu_us_per_task'), '8.0f')} {_fmt(_cpu_ratio(rows, row), '9.2f')}"
-            f"  {_wal(row)}{mark}"
+            f"{_fmt(row.median('cpu_us_per_task'), '8.0f')} {_fmt(_cpu_ratio(rows, row), '9.2f')} "
+            f"{_fmt(_percent(row.median('gc_share')), '4.0f')}  {_wal(row)}{mark}"
         )
     print(
         f"p50/p99: latency of one `await task_manager.enqueue(noop)` (enqueue path only); "
@@ -452,8 +483,9 @@ def print_table(rows: list[Row], opts: argparse.Namespace) -> None:
         f"history record; µs/task: CPU time of the app process per task (SQLite's driver "
         f"thread included, a database server not); cpu ratio: persist=False's µs/task over "
         f"persist=True's, what one dedicated core would give, steadier than wall-clock "
-        f"figures on a loaded machine; write-ahead txns: pending-store inserts per run x rows "
-        f"each, mean time per insert transaction."
+        f"figures on a loaded machine; GC: % of the run spent in the garbage collector "
+        f"(enqueue path); write-ahead txns: pending-store inserts per run x rows each, mean "
+        f"wall time per insert transaction."
     )
     warned = [r for r in rows if any(run.get("warnings") for run in r.runs)]
     for row in warned:
@@ -489,7 +521,6 @@ def parse_backends(parser: argparse.ArgumentParser, opts: argparse.Namespace) ->
         names += [n.strip() for n in value.split(",") if n.strip()]
     for group in opts.backend_args or []:
         names += group
-    names = [n for n in names if n != "memory"]  # run_all's shared list may include it
     if "all" in names:
         return list(BACKENDS)
     if not names:
