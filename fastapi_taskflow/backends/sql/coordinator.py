@@ -83,9 +83,12 @@ class SqlCoordinator:
                 return []
             return await _insert_new(conn, candidates, owner, until)
 
-        if connection is not None:
+        if connection is not None:  # the caller's open transaction (transactional enqueue)
             if not isinstance(connection, AsyncConnection):
-                connection = await _connection_of(connection)
+                raise ConfigurationError(
+                    f"connection= must be an SQLAlchemy AsyncConnection, got "
+                    f"{type(connection).__name__}"
+                )
             return await work(connection)
         return list(await self._write(work, f"accepting {len(rows)} tasks"))
 
@@ -281,17 +284,3 @@ async def _insert_new(
             ours = ours.where(pending.c.lease_until == until)
         return list(await conn.scalars(ours))
     raise ConfigurationError(f"no pending-store support for the {dialect!r} dialect")
-
-
-async def _connection_of(session: Any) -> AsyncConnection:
-    """The ``AsyncConnection`` of an ``AsyncSession`` (its current transaction)."""
-    connection = getattr(session, "connection", None)
-    if connection is None:
-        raise ConfigurationError(
-            "connection= takes an SQLAlchemy AsyncConnection or AsyncSession, got "
-            f"{type(session).__name__}"
-        )
-    result = await connection()
-    if not isinstance(result, AsyncConnection):
-        raise ConfigurationError("connection= must be an AsyncConnection or AsyncSession")
-    return result
