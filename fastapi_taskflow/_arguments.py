@@ -7,9 +7,11 @@ from typing import Any
 
 from ._errors import UnstorableArgumentError
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+
 
 def _is_json(value: Any) -> bool:
-    if value is None or isinstance(value, str | bool | int):
+    if type(value) in _SCALARS or isinstance(value, str | bool | int):
         return True
     if isinstance(value, float):
         return value == value and value not in (float("inf"), float("-inf"))
@@ -58,4 +60,28 @@ def all_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return _is_json(args) and _is_json(kwargs)
 
 
-__all__ = ["all_json", "check_storable", "to_json"]
+def snapshot(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, list[Any], dict[str, Any]]:
+    """The arguments as stored in a record, and whether they are stored exactly.
+
+    Plain scalars (the common case) are taken as they are without further checks.
+    """
+    scalars = _SCALARS
+    exact = True
+    stored_args: list[Any] = []
+    for value in args:
+        if type(value) not in scalars:
+            exact = exact and _is_json(value)
+            value = to_json(value)
+        stored_args.append(value)
+    stored_kwargs: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if type(value) not in scalars:
+            exact = exact and _is_json(value)
+            value = to_json(value)
+        stored_kwargs[name] = value
+    return exact, stored_args, stored_kwargs
+
+
+__all__ = ["all_json", "check_storable", "snapshot", "to_json"]

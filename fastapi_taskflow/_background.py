@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -83,10 +82,6 @@ class ManagedBackgroundTasks(BackgroundTasks):
                 "TaskAdmin(app, task_manager) or call task_manager.install(app), or take it "
                 "from Depends(task_manager.get_tasks)"
             )
-        add = functools.partial(
-            self._add, manager, func, args, kwargs, idempotency_key=idempotency_key,
-            tags=tags, eager=eager, priority=priority, queue=queue,
-        )  # fmt: skip
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -95,10 +90,16 @@ class ManagedBackgroundTasks(BackgroundTasks):
             context = contextvars.copy_context()
 
             async def on_loop() -> str:
-                return add(context=context)
+                return self._add(
+                    manager, func, args, kwargs, idempotency_key=idempotency_key, tags=tags,
+                    eager=eager, priority=priority, queue=queue, context=context,
+                )  # fmt: skip
 
             return asyncio.run_coroutine_threadsafe(on_loop(), manager.loop).result()
-        return add(context=None)
+        return self._add(
+            manager, func, args, kwargs, idempotency_key=idempotency_key, tags=tags,
+            eager=eager, priority=priority, queue=queue, context=None,
+        )  # fmt: skip
 
     def _add(
         self,

@@ -25,21 +25,34 @@ class TaskContext:
     record: TaskRecord = field(repr=False, compare=False)
 
 
-_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+# The running task's record and attempt number; the TaskContext is built when asked for.
+_current: contextvars.ContextVar[tuple[TaskRecord, int] | None] = contextvars.ContextVar(
     "fastapi_taskflow_task", default=None
 )
 
 
 def get_task_context() -> TaskContext | None:
     """The context of the task running here, or ``None`` outside a task."""
-    return _current.get()
+    current = _current.get()
+    if current is None:
+        return None
+    record, attempt = current
+    return TaskContext(
+        task_id=record.task_id,
+        func_name=record.func_name,
+        attempt=attempt,
+        queue=record.queue,
+        tags=record.tags,
+        idempotency_key=record.idempotency_key,
+        record=record,
+    )
 
 
-def set_task_context(context: TaskContext) -> contextvars.Token[TaskContext | None]:
-    return _current.set(context)
+def set_task_context(record: TaskRecord, attempt: int) -> contextvars.Token[Any]:
+    return _current.set((record, attempt))
 
 
-def reset_task_context(token: contextvars.Token[TaskContext | None]) -> None:
+def reset_task_context(token: contextvars.Token[Any]) -> None:
     _current.reset(token)
 
 
@@ -55,8 +68,8 @@ def task_log(message: str, *, level: str = "info", **extra: Any) -> None:
     ``level`` is one of debug, info, warning, error, critical; keyword arguments are kept as
     structured fields. Outside a task this raises, so a misplaced call is noticed.
     """
-    context = _current.get()
-    if context is None:
+    current = _current.get()
+    if current is None:
         raise TaskflowError(
             "task_log() was called outside a task: call it from a function run by "
             "fastapi-taskflow, or check get_task_context() first"
@@ -64,4 +77,5 @@ def task_log(message: str, *, level: str = "info", **extra: Any) -> None:
     level = level.lower()
     if level not in _LEVELS:
         raise ValueError(f"task_log level {level!r} is not one of {sorted(_LEVELS)}")
-    append_log(context.record, str(message), level=level, attempt=context.attempt, **extra)
+    record, attempt = current
+    append_log(record, str(message), level=level, attempt=attempt, **extra)

@@ -84,6 +84,15 @@ class Dispatcher:
         """Make an admitted job eligible to start."""
         lane = self._lanes[job.record.queue]
         job.stage = Stage.WAITING
+        if (
+            not lane.heap
+            and lane.running < lane.config.max_concurrency
+            and len(self.running) < self._max_concurrent
+        ):
+            # Room in the queue and overall, and nobody ahead of it in this queue (a job
+            # waiting in another queue waits for that queue's own limit, not for this one).
+            self._start(lane, job)
+            return
         priority = job.record.priority or 0
         heapq.heappush(lane.heap, (-priority, next(self._seq), job))
         self._fill()

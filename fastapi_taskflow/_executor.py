@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from ._context import TaskContext, append_log, reset_task_context, set_task_context
+from ._context import append_log, reset_task_context, set_task_context
 from ._errors import TaskflowError
 from ._job import Job, Stage
 from ._models import Attempt, TaskStatus, construct_all, utcnow
@@ -60,30 +60,34 @@ class Executor:
 
     async def _attempts(self, job: Job) -> None:
         record, config = job.record, job.config
+        # Hot path: the record's fields are written through its __dict__ (a pydantic model's
+        # __setattr__ costs about a microsecond per field and validates nothing here).
+        fields = record.__dict__
         while True:
             number = record.retries_used + 1
             now = utcnow()
-            record.status = TaskStatus.RUNNING
+            fields["status"] = TaskStatus.RUNNING
             if record.start_time is None:
-                record.start_time = now
-            record.attempts.append(
-                construct_all(Attempt, number=number, start_time=now, end_time=None, error=None)
+                fields["start_time"] = now
+            attempt = construct_all(
+                Attempt, number=number, start_time=now, end_time=None, error=None
             )
-            record.updated_at = now
+            record.attempts.append(attempt)
+            fields["updated_at"] = now
             self._on_change(job)
-            if number == 1 and self._before_start is not None:
+            if number == 1 and job.leased and self._before_start is not None:
                 await self._before_start(job)
             error = await self._attempt(job, number)
-            record.attempts[-1].end_time = utcnow()
+            attempt.__dict__["end_time"] = utcnow()
             if error is None:
                 self.finish(job, TaskStatus.SUCCESS)
                 return
-            record.attempts[-1].error = describe(error)
+            attempt.__dict__["error"] = describe(error)
             wait = config.retry.next_delay(error, number)
             if wait is None:
                 self.finish(job, TaskStatus.FAILED, describe(error), error)
                 return
-            record.retries_used += 1
+            fields["retries_used"] = number
             append_log(
                 record,
                 f"attempt {number} failed: {describe(error)}; retrying in {wait:.3g}s",
@@ -95,24 +99,20 @@ class Executor:
 
     async def _attempt(self, job: Job, number: int) -> Exception | None:
         """One call of the task function; returns the exception it failed with, if any."""
-        record, config = job.record, job.config
-        token = set_task_context(
-            TaskContext(
-                task_id=record.task_id,
-                func_name=record.func_name,
-                attempt=number,
-                queue=record.queue,
-                tags=record.tags,
-                idempotency_key=record.idempotency_key,
-                record=record,
-            )
-        )
+        config = job.config
+        token = set_task_context(job.record, number)
         try:
             if config.timeout is None:
-                await self._call(job)
+                if config.is_async:
+                    await config.func(*job.args, **job.kwargs)
+                else:
+                    await self._call_sync(job)
                 return None
             async with asyncio.timeout(config.timeout) as scope:
-                await self._call(job)
+                if config.is_async:
+                    await config.func(*job.args, **job.kwargs)
+                else:
+                    await self._call_sync(job)
             return None
         except TimeoutError as exc:
             if config.timeout is not None and scope.expired():
@@ -123,15 +123,11 @@ class Executor:
         finally:
             reset_task_context(token)
 
-    async def _call(self, job: Job) -> None:
-        func = job.config.func
-        if job.config.is_async:
-            await func(*job.args, **job.kwargs)
-            return
+    async def _call_sync(self, job: Job) -> None:
         async with self._sync_slots:
             job.in_thread = True
             try:
-                await run_in_threadpool(func, *job.args, **job.kwargs)
+                await run_in_threadpool(job.config.func, *job.args, **job.kwargs)
             finally:
                 job.in_thread = False
 
@@ -144,20 +140,23 @@ class Executor:
     ) -> None:
         """Put ``job`` in a terminal state and tell the observers."""
         record = job.record
+        fields = record.__dict__
         now = utcnow()
-        record.status = status
-        record.end_time = now
-        record.updated_at = now
-        if record.attempts and record.attempts[-1].end_time is None:
-            record.attempts[-1].end_time = now
-        if record.start_time is not None:
-            record.duration = (now - record.start_time).total_seconds()
+        fields["status"] = status
+        fields["end_time"] = now
+        fields["updated_at"] = now
+        attempts = record.attempts
+        if attempts and attempts[-1].end_time is None:
+            attempts[-1].__dict__["end_time"] = now
+        start = record.start_time
+        if start is not None:
+            fields["duration"] = (now - start).total_seconds()
         if error is not None:
-            record.error = error
+            fields["error"] = error
         if exc is not None:
-            record.stacktrace = "".join(traceback.format_exception(exc))
+            fields["stacktrace"] = "".join(traceback.format_exception(exc))
         if status is not TaskStatus.SUCCESS and error is not None:
-            attempt = record.attempts[-1].number if record.attempts else 0
+            attempt = attempts[-1].number if attempts else 0
             append_log(record, error, level="error", attempt=attempt)
         job.stage = Stage.DONE
         job.context = None  # do not keep the request's context variables alive

@@ -21,6 +21,7 @@ class Stage(enum.Enum):
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class Job:
+    task_id: str  # the record's id (read often: kept here to skip a pydantic lookup)
     record: TaskRecord
     config: TaskConfig
     args: tuple[Any, ...]
@@ -36,7 +37,3 @@ class Job:
     durable: asyncio.Future[bool] | None = None  # write-ahead outcome, for persisted tasks
     dispatched: bool = False  # handed to dispatch() (may still wait for durability)
     leased: bool = False  # held in the shared pending store under this instance's lease
-
-    @property
-    def task_id(self) -> str:
-        return self.record.task_id

@@ -53,6 +53,11 @@ class LeaseKeeper:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.beats = 0
+        # The last claim took as many tasks as there were free slots, so more may be
+        # waiting: the manager pokes a beat as soon as a slot frees up instead of waiting
+        # for the interval (a peer adopting a dead instance's backlog drains it at full
+        # concurrency, not a batch per interval).
+        self.backlog = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="taskflow-leases")
@@ -92,6 +97,7 @@ class LeaseKeeper:
             claimed = await coordinator.claim(
                 owner, lease_s=self._lease_s, limit=slots, reclaim_own=reclaim_own
             )
+            self.backlog = len(claimed) >= slots
             if claimed:
                 await self._host.adopt(claimed)
         self.beats += 1

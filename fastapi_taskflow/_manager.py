@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from starlette.background import BackgroundTasks
 
-from ._arguments import all_json, check_storable, to_json
+from ._arguments import all_json, check_storable, snapshot
 from ._context import append_log
 from ._dispatch import Dispatcher
 from ._errors import (
@@ -31,7 +31,15 @@ from ._flusher import Flusher, WriteAhead
 from ._history import LoadingRepository, TaskHistory
 from ._job import Job, Stage
 from ._leases import LeaseKeeper
-from ._models import QueueConfig, TaskRecord, TaskStatus, construct_all, utcnow
+from ._models import (
+    TAG_KEY_LENGTH,
+    TAG_VALUE_LENGTH,
+    QueueConfig,
+    TaskRecord,
+    TaskStatus,
+    construct_all,
+    utcnow,
+)
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
 from ._retry import RetryPolicy
 from ._store import TaskStore
@@ -490,10 +498,8 @@ class TaskManager:
         queue_name = queue or config.queue or DEFAULT_QUEUE
         if queue_name not in self._queues:
             raise ConfigurationError(self._unknown_queue(queue_name))
-        if tags is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-        ):
-            raise ConfigurationError(f"tags must map str to str, got {tags!r}")
+        if tags:
+            tags = _checked_tags(tags)
         persisted = exact = self._persists(config)
         shared = persisted and self._coordinator is not None
         if shared and idempotency_key is not None and task_id is None:
@@ -503,16 +509,12 @@ class TaskManager:
         if exact:
             check_storable(config.name, args, kwargs)
             stored_args, stored_kwargs = list(args), dict(kwargs)
-        elif args or kwargs:
-            exact = all_json(args, kwargs)
-            stored_args = [to_json(a) for a in args]
-            stored_kwargs = {k: to_json(v) for k, v in kwargs.items()}
         else:
-            exact, stored_args, stored_kwargs = True, [], {}
+            exact, stored_args, stored_kwargs = snapshot(args, kwargs)
         now = utcnow()
         record = construct_all(
             TaskRecord,
-            task_id=task_id or uuid.uuid4().hex,
+            task_id=task_id or os.urandom(16).hex(),
             func_name=config.name,
             status=TaskStatus.PENDING,
             args=stored_args,
@@ -526,7 +528,7 @@ class TaskManager:
             stacktrace=None,
             logs=[],
             attempts=[],
-            tags=dict(tags or {}),
+            tags=tags or {},
             idempotency_key=idempotency_key,
             source=source,
             priority=priority if priority is not None else config.priority,
@@ -536,6 +538,7 @@ class TaskManager:
             updated_at=now,
         )
         job = Job(
+            task_id=record.task_id,
             record=record,
             config=config,
             args=args,
@@ -730,6 +733,8 @@ class TaskManager:
             self._flusher.add(job.record)
         if job.done is not None:
             job.done.set()
+        if self._leases is not None and self._leases.backlog:
+            self._leases.poke()
 
     async def _requeue(self, records: list[TaskRecord]) -> None:
         for record in records:
@@ -887,6 +892,26 @@ class TaskManager:
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Running and waiting counts per queue."""
         return self._dispatcher.queue_depths() if self._dispatcher is not None else {}
+
+
+def _checked_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A copy of ``tags``, refused with a clear error if a key or value would not be stored."""
+    if not isinstance(tags, dict):
+        raise ConfigurationError(f"tags must be a dict of str to str, got {type(tags).__name__}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigurationError(f"tags must map str to str, got {key!r}: {value!r}")
+        if not key or len(key) > TAG_KEY_LENGTH:
+            raise ConfigurationError(
+                f"tag key {key[:40]!r} must be 1 to {TAG_KEY_LENGTH} characters long "
+                f"(got {len(key)})"
+            )
+        if len(value) > TAG_VALUE_LENGTH:
+            raise ConfigurationError(
+                f"the value of tag {key!r} is {len(value)} characters long; the limit is "
+                f"{TAG_VALUE_LENGTH}. Store long data in the task's arguments instead"
+            )
+    return dict(tags)
 
 
 def _has_repr(record: TaskRecord) -> bool:

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._errors import ConfigurationError
 
 M = TypeVar("M", bound=BaseModel)
+
+# Longest tag key and value that every backend stores (and MySQL can index).
+TAG_KEY_LENGTH = 128
+TAG_VALUE_LENGTH = 255
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
@@ -26,13 +30,14 @@ def construct_all(cls: type[M], **values: Any) -> M:
     fields_set = _ALL_FIELDS.get(cls)
     if fields_set is None:
         fields_set = _ALL_FIELDS[cls] = set(cls.model_fields)
-    if values.keys() != fields_set:
+    if len(values) != len(fields_set):  # (a misspelt name fails at the first read)
         raise TypeError(f"construct_all({cls.__name__}) needs exactly {sorted(fields_set)}")
     model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(model, "__pydantic_extra__", None)
-    object.__setattr__(model, "__pydantic_private__", None)
+    setattr_ = object.__setattr__
+    setattr_(model, "__dict__", values)
+    setattr_(model, "__pydantic_fields_set__", fields_set)
+    setattr_(model, "__pydantic_extra__", None)
+    setattr_(model, "__pydantic_private__", None)
     return model
 
 

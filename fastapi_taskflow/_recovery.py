@@ -52,6 +52,13 @@ class Recovery:
             if mine is not None and mine.stage is not Stage.DONE:
                 mine.leased = True  # our own task, whose lease lapsed (backend outage)
                 continue
+            if mine is not None and mine.record.status.is_terminal:
+                # Our own task, finished while the backend was away: its terminal record
+                # (queued for history) completes it. Running it again, or marking it
+                # interrupted, would overwrite the outcome it really had.
+                if self._m._flusher is not None:
+                    self._m._flusher.add(mine.record)
+                continue
             job = self._job_for(record)
             if job is None:
                 unknown.append(record)

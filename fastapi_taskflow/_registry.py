@@ -11,6 +11,7 @@ from ._errors import ConfigurationError, DuplicateTaskError
 from ._retry import RetryPolicy
 
 DEFAULT_QUEUE = "default"
+_DEFAULTS_KEPT = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +70,9 @@ class Registry:
     def __init__(self) -> None:
         self._by_name: dict[str, TaskConfig] = {}
         self._by_func: dict[Callable[..., Any], TaskConfig] = {}
+        # Default settings of unregistered callables seen lately (bounded: bound methods
+        # and closures can be new objects on every call).
+        self._defaults: dict[Callable[..., Any], TaskConfig] = {}
 
     def register(self, config: TaskConfig) -> TaskConfig:
         existing = self._by_name.get(config.name)
@@ -80,19 +84,26 @@ class Registry:
             )
         self._by_name[config.name] = config
         self._by_func[config.func] = config
+        self._defaults.clear()
         return config
 
     def for_callable(self, func: Callable[..., Any]) -> TaskConfig:
         """The registered settings of ``func``, or defaults for an unregistered callable."""
         try:
-            config = self._by_func.get(func)
+            config = self._by_func.get(func) or self._defaults.get(func)
+            hashable = True
         except TypeError:  # unhashable callable
-            config = None
+            config, hashable = None, False
         if config is not None:
             return config
         if not callable(func):
             raise TypeError(f"add_task needs a callable, got {type(func).__name__}")
-        return TaskConfig(name=default_name(func), func=func, is_async=is_async_callable(func))
+        config = TaskConfig(name=default_name(func), func=func, is_async=is_async_callable(func))
+        if hashable:
+            if len(self._defaults) >= _DEFAULTS_KEPT:
+                self._defaults.clear()
+            self._defaults[func] = config
+        return config
 
     def get(self, name: str) -> TaskConfig | None:
         return self._by_name.get(name)

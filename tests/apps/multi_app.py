@@ -70,10 +70,13 @@ FUNCS = {"work": work, "resumable": resumable, "hold": hold, "fail_once": fail_o
 
 @app.post("/enqueue")
 async def enqueue(func: str, count: int = 1, sleep_s: float = 0.01, start: int = 0) -> list[str]:
+    """Enqueue ``count`` tasks at once (their write-ahead records share a few batches)."""
     target = FUNCS[func]
     if func == "hold":
-        return [await task_manager.enqueue(target, sleep_s) for _ in range(count)]
-    return [await task_manager.enqueue(target, start + n, sleep_s) for n in range(count)]
+        calls = [task_manager.enqueue(target, sleep_s) for _ in range(count)]
+    else:
+        calls = [task_manager.enqueue(target, start + n, sleep_s) for n in range(count)]
+    return list(await asyncio.gather(*calls))
 
 
 @app.post("/keyed")

@@ -16,14 +16,14 @@ from pydantic import TypeAdapter
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
+from ..._models import TAG_KEY_LENGTH as TAG_KEY_LENGTH  # checked at add_task
+from ..._models import TAG_VALUE_LENGTH as TAG_VALUE_LENGTH
+
 HISTORY = "taskflow_history"
 HISTORY_TAGS = "taskflow_history_tags"
 PENDING = "taskflow_pending"
 VERSION_TABLE = "taskflow_alembic_version"
 TABLE_NAMES = frozenset({HISTORY, HISTORY_TAGS, PENDING})
-
-TAG_KEY_LENGTH = 128
-TAG_VALUE_LENGTH = 255
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
