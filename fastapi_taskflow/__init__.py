@@ -21,6 +21,7 @@ from ._errors import (
     TaskNotFoundError,
     UnknownTaskError,
     UnstorableArgumentError,
+    UnsupportedOperationError,
 )
 from ._executor import TaskTimeoutError
 from ._history import TaskHistory
@@ -71,6 +72,7 @@ __all__ = [
     "TaskflowError",
     "UnknownTaskError",
     "UnstorableArgumentError",
+    "UnsupportedOperationError",
     "__version__",
     "get_task_context",
     "migrate",

@@ -28,6 +28,9 @@ class _Lane:
             heapq.heappop(self.heap)  # cancelled while waiting
         return self.heap[0][2] if self.heap else None
 
+    def pop(self) -> Job:
+        return heapq.heappop(self.heap)[2]
+
 
 class Dispatcher:
     """Starts jobs in priority order (higher first, then first come) within the caps.
@@ -50,6 +53,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self.running: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes_list = list(self._lanes.values())
 
     def lane_names(self) -> list[str]:
         return list(self._lanes)
@@ -98,9 +102,20 @@ class Dispatcher:
         self._fill()
 
     def _fill(self) -> None:
+        lanes = self._lanes_list
+        if len(lanes) == 1:  # one queue (the usual case): no ranking across queues
+            lane = lanes[0]
+            while (
+                lane.heap
+                and len(self.running) < self._max_concurrent
+                and lane.has_slot()
+                and lane.head() is not None
+            ):
+                self._start(lane, lane.pop())
+            return
         while len(self.running) < self._max_concurrent:
             best: tuple[tuple[int, int], _Lane] | None = None
-            for lane in self._lanes.values():
+            for lane in lanes:
                 if not lane.has_slot():
                     continue
                 head = lane.head()
@@ -112,8 +127,7 @@ class Dispatcher:
             if best is None:
                 return
             lane = best[1]
-            _, _, job = heapq.heappop(lane.heap)
-            self._start(lane, job)
+            self._start(lane, lane.pop())
 
     def _start(self, lane: _Lane, job: Job) -> None:
         lane.admitted -= 1

@@ -47,6 +47,10 @@ class InvalidTaskStateError(TaskflowError):
     """The task is not in a state that allows the requested action."""
 
 
+class UnsupportedOperationError(TaskflowError, NotImplementedError):
+    """The configured backend lacks an optional capability the call needs."""
+
+
 class UnknownTaskError(TaskflowError, LookupError):
     """A task name is not registered with this manager."""
 

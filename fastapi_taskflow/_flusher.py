@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections import ChainMap
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
+from ._gate import Gate
 from ._job import Job
 from ._models import TaskRecord, TaskStatus
 from .backends.base import Coordinator, SnapshotBackend
@@ -14,6 +19,26 @@ from .backends.base import Coordinator, SnapshotBackend
 logger = logging.getLogger("fastapi_taskflow")
 
 _URGENT = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
+# While tasks flow through write-ahead, history rides along with every cycle at most this
+# often, or once this many finished records wait (see Flusher._history_may_wait).
+HISTORY_DELAY_S = 0.05
+HISTORY_BATCH = 1_000
+
+
+@runtime_checkable
+class CycleWriter(Protocol):
+    """A coordinator that writes a flush cycle in one transaction (the SQL one)."""
+
+    async def write_cycle(
+        self,
+        accepted: Sequence[TaskRecord],
+        *,
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        running: Sequence[TaskRecord],
+        finished: Sequence[TaskRecord],
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,12 +76,24 @@ class Flusher:
     ) -> None:
         self._backend = backend
         self._write_ahead = write_ahead
-        self._accepting: dict[str, tuple[Job, asyncio.Future[bool]]] = {}
-        self._starting: dict[str, tuple[TaskRecord, asyncio.Future[None]]] = {}
+        # Tasks to write ahead and running marks to save, each with the gate of its batch
+        # (the gate still collecting is the last one; the next write seals it).
+        self._accepting: dict[str, tuple[Job, asyncio.Future[bool], Gate[Job]]] = {}
+        self._starting: dict[str, tuple[TaskRecord, Gate[Job]]] = {}
+        self._accept_gate: Gate[Job] | None = None
+        self._start_gate: Gate[Job] | None = None
+        # A coordinator that writes a whole cycle (accepted, started, finished) in one
+        # transaction, when it is the backend's own.
+        self._one_transaction: CycleWriter | None = None
+        if write_ahead is not None and backend.coordinator() is write_ahead.coordinator:
+            coordinator = write_ahead.coordinator
+            if isinstance(coordinator, CycleWriter):
+                self._one_transaction = coordinator
         self._interval = interval
         self._batch_size = batch_size
         self._max_buffer = max_buffer
         self._dirty: dict[str, TaskRecord] = {}
+        self._saving: dict[str, TaskRecord] = {}  # the batch being written, until committed
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -64,6 +101,7 @@ class Flusher:
         self.written = 0
         self.dropped = 0
         self.healthy = True  # False from a failed write until the next one succeeds
+        self._history_at = 0.0  # loop time of the last history write
 
     def add(self, record: TaskRecord) -> None:
         self._dirty.pop(record.task_id, None)
@@ -83,42 +121,93 @@ class Flusher:
 
     def accept(self, job: Job) -> asyncio.Future[bool]:
         """Queue ``job`` for the pending store; the future says whether it was added (False:
-        another instance already holds a task with this id)."""
+        another instance already holds a task with this id). It has no callbacks: wait for
+        it with :meth:`durable` or :meth:`hold`, which share one gate per batch."""
+        gate = self._accept_gate
+        if gate is None:
+            gate = self._accept_gate = Gate()
+        gate.expected += 1
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._accepting[job.task_id] = (job, future)
+        self._accepting[job.task_id] = (job, future, gate)
         self._wake.set()
         return future
 
-    def started(self, record: TaskRecord) -> asyncio.Future[None]:
-        """Queue the ``running`` state of a task for the pending store; the future is done
-        when it is saved. Instances that adopt a crashed instance's tasks rely on it to tell
-        a task that never started from one that may have run."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._starting[record.task_id] = (record, future)
+    def hold(self, job: Job, then: Callable[[Job], None], *, timeout_s: float) -> bool:
+        """Call ``then(job)`` once ``job``'s write-ahead batch is written, or ``timeout_s``
+        after the batch began; False (nothing held) if that moment has already come."""
+        entry = self._accepting.get(job.task_id)
+        return entry is not None and entry[2].hold(job, then, timeout_s)
+
+    async def durable(self, job: Job, *, timeout_s: float) -> None:
+        """Return once ``job``'s write-ahead batch is written, or ``timeout_s`` after it
+        began (the backend is slow or unreachable)."""
+        entry = self._accepting.get(job.task_id)
+        if entry is not None:
+            await entry[2].wait(timeout_s)
+
+    def started(self, record: TaskRecord) -> Gate[Job]:
+        """Queue the ``running`` state of a task for the pending store; the gate opens when
+        it is saved (``gate.wait`` is then True) or times out. Instances that adopt a crashed
+        instance's tasks rely on it to tell a task that never started from one that may
+        have run."""
+        gate = self._start_gate
+        if gate is None:
+            gate = self._start_gate = Gate()
+        gate.expected += 1
+        self._starting[record.task_id] = (record, gate)
         self._wake.set()
-        return future
+        return gate
 
     @property
     def backlog(self) -> int:
         return len(self._dirty)
 
+    def unsaved(self) -> Mapping[str, TaskRecord]:
+        """Records not committed to the backend yet: buffered or in a write in flight
+        (a live view, not a copy)."""
+        return ChainMap(self._dirty, self._saving)
+
+    @contextlib.asynccontextmanager
+    async def withdrawn(self, task_id: str) -> AsyncIterator[TaskRecord | None]:
+        """Take ``task_id`` out of the buffer once no write is in flight, and hold writes
+        off while the caller deletes it from the backend; yields the unsaved record, if any.
+
+        If the caller fails, the record is buffered again (nothing is lost).
+        """
+        async with self._lock:
+            record = self._dirty.pop(task_id, None)
+            try:
+                yield record
+            except BaseException:
+                if record is not None:
+                    self._dirty.setdefault(task_id, record)
+                raise
+
     async def _write_ahead_batch(self) -> None:
-        assert self._write_ahead is not None
+        # Records are passed as they are, not copied: a coordinator reads them before its
+        # first await, and a task does not start before its record is written.
+        wal = self._write_ahead
+        assert wal is not None
+        self._accept_gate = None  # tasks accepted from now on wait for the next write
         while self._accepting:
-            batch = list(self._accepting.values())[: self._batch_size]
-            live = [
-                job.record.model_copy() for job, _ in batch if not job.record.status.is_terminal
-            ]
-            wal = self._write_ahead
+            batch = list(itertools.islice(self._accepting.values(), self._batch_size))
+            live = [job.record for job, _, _ in batch if not job.record.status.is_terminal]
             added = set(
                 await wal.coordinator.accept(
                     live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
                 )
             ) if live else set()  # fmt: skip
-            for job, future in batch:
+            self._settle_accepted(batch, added)
+
+    def _settle_accepted(
+        self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]], added: set[str]
+    ) -> None:
+        for job, future, gate in batch:
+            if self._accepting.get(job.task_id, (None,))[0] is job:
                 del self._accepting[job.task_id]
-                if not future.done():
-                    future.set_result(job.record.status.is_terminal or job.task_id in added)
+            if not future.done():
+                future.set_result(job.record.status.is_terminal or job.task_id in added)
+            gate.settle()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="taskflow-flusher")
@@ -137,31 +226,91 @@ class Flusher:
 
     async def _started_batch(self) -> None:
         assert self._write_ahead is not None
+        self._start_gate = None  # tasks starting from now on wait for the next write
         while self._starting:
-            batch = list(self._starting.values())[: self._batch_size]
-            await self._write_ahead.coordinator.update([r.model_copy() for r, _ in batch])
-            for record, future in batch:
+            batch = list(itertools.islice(self._starting.values(), self._batch_size))
+            await self._write_ahead.coordinator.update([record for record, _ in batch])
+            self._settle_started(batch)
+
+    def _settle_started(self, batch: list[tuple[TaskRecord, Gate[Job]]]) -> None:
+        for record, gate in batch:
+            if self._starting.get(record.task_id, (None,))[0] is record:
                 del self._starting[record.task_id]
-                if not future.done():
-                    future.set_result(None)
+            gate.settle()
+
+    async def _one_cycle(self, writer: CycleWriter, *, history: bool) -> int:
+        """Write a batch of accepted tasks and running marks, with the finished records
+        waiting (``history``), in one transaction; return how many finished records were
+        saved. What is left over (more than a batch) is written by the separate steps."""
+        wal = self._write_ahead
+        assert wal is not None
+        self._accept_gate = self._start_gate = None  # later ones wait for the next write
+        accepting = list(itertools.islice(self._accepting.values(), self._batch_size))
+        starting = list(itertools.islice(self._starting.values(), self._batch_size))
+        if not (accepting or starting):  # history alone: SnapshotBackend.save, as always
+            return 0
+        finished = list(itertools.islice(self._dirty.values(), self._batch_size * history))
+        for record in finished:
+            del self._dirty[record.task_id]
+            self._saving[record.task_id] = record
+        try:
+            added = await writer.write_cycle(
+                [job.record for job, _, _ in accepting if not job.record.status.is_terminal],
+                owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
+                running=[record for record, _ in starting], finished=finished,
+            )  # fmt: skip
+        except BaseException:
+            for record in finished:  # keep what failed, unless a newer copy arrived
+                self._dirty.setdefault(record.task_id, record)
+            raise
+        finally:
+            self._saving.clear()
+        self._settle_accepted(accepting, set(added))
+        self._settle_started(starting)
+        return len(finished)
 
     async def flush(self) -> int:
         """Write every buffered record now; returns how many were written."""
+        return await self._flush(history_may_wait=False)
+
+    def _history_may_wait(self) -> bool:
+        """Whether this cycle may leave finished records for a later one: tasks are waiting
+        for their write-ahead or running mark (so the cycle is short and frequent), and
+        history was written less than ``HISTORY_DELAY_S`` ago, fewer than
+        ``HISTORY_BATCH`` records ago. Larger history batches cost less per record, and
+        they are off every task's path: nothing waits for them."""
+        return (
+            bool(self._accepting or self._starting)
+            and len(self._dirty) < HISTORY_BATCH
+            and asyncio.get_running_loop().time() - self._history_at < HISTORY_DELAY_S
+        )
+
+    async def _flush(self, *, history_may_wait: bool) -> int:
         written = 0
         async with self._lock:
+            later = history_may_wait and self._history_may_wait()
+            if not later and self._dirty:
+                self._history_at = asyncio.get_running_loop().time()
             if self._write_ahead is not None:
+                # Healthy: one transaction per cycle. After a failure, separate ones, so
+                # that a batch the backend refuses holds up nothing else.
+                if self._one_transaction is not None and self.healthy:
+                    written += await self._one_cycle(self._one_transaction, history=not later)
                 await self._write_ahead_batch()
                 await self._started_batch()
-            while self._dirty:
+            while self._dirty and not later:
                 batch = list(self._dirty.values())[: self._batch_size]
                 for record in batch:
                     del self._dirty[record.task_id]
+                    self._saving[record.task_id] = record
                 try:
                     await self._backend.save([r.model_copy() for r in batch])
                 except BaseException:
                     for record in batch:  # keep what failed, unless a newer copy arrived
                         self._dirty.setdefault(record.task_id, record)
                     raise
+                finally:
+                    self._saving.clear()
                 written += len(batch)
         self.written += written
         return written
@@ -169,8 +318,9 @@ class Flusher:
     async def _loop(self) -> None:
         failures = 0
         while True:
-            # Healthy: sleep until a SUCCESS/FAILED arrives or the interval passes. Failing:
-            # back off, and let nothing but a stop request cut the wait short.
+            # Healthy: sleep until there is work (a SUCCESS/FAILED, an accepted or starting
+            # task) or the interval passes. Failing: back off, and let nothing but a stop
+            # request cut the wait short.
             if failures:
                 event, wait = self._stopping, min(0.5 * 2 ** (failures - 1), 30.0)
             else:
@@ -182,7 +332,7 @@ class Flusher:
                 return
             self._wake.clear()
             try:
-                await self.flush()
+                await self._flush(history_may_wait=True)
                 failures = 0
                 if not self.healthy:
                     logger.warning("fastapi-taskflow: the backend is back; buffered writes saved")

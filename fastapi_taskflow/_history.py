@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from datetime import datetime
 
 from . import _cursor
@@ -113,17 +113,18 @@ class TaskHistory:
 
     Results are newest first; pass a page's ``next_cursor`` as ``cursor`` for the next one.
     With a backend, records not yet flushed are merged in, so a task is visible the moment
-    it exists.
+    it exists. A finished record that is saved is read back from the backend, never from
+    memory, so a task deleted by another instance sharing the backend is gone here too.
     """
 
     def __init__(
         self,
         live: Callable[[], Iterable[TaskRecord]],
         stored: HistoryRepository | None,
-        unsaved: Callable[[], set[str]],
+        unsaved: Callable[[], Container[str]],
         lookup: Callable[[str], TaskRecord | None],
     ) -> None:
-        self._live = RecordsRepository(live)
+        self._live = RecordsRepository(self._local)
         self._lookup = lookup
         self._shared: Coordinator | None = None
         self._live_records = live
@@ -136,9 +137,24 @@ class TaskHistory:
         self._stored = stored
         self._shared = shared
 
+    def _from_memory(self, record: TaskRecord, unsaved: Container[str]) -> bool:
+        """Whether a reader takes ``record`` from this process's memory: always without a
+        backend; with one, while it is live or not yet saved (the unsaved ids are read
+        before the backend is queried, so a record being written shows in one view or both,
+        never in neither)."""
+        return self._stored is None or record.status in LIVE_STATUSES or record.task_id in unsaved
+
+    def _local(self) -> Iterable[TaskRecord]:
+        if self._stored is None:
+            return self._live_records()
+        unsaved = self._unsaved()
+        return (r for r in self._live_records() if self._from_memory(r, unsaved))
+
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record with ``task_id``, or ``None``."""
         record = self._lookup(task_id)
+        if record is not None and not self._from_memory(record, self._unsaved()):
+            record = None
         if record is None and self._shared is not None:
             record = await self._shared.get_live(task_id)
         if record is None and self._stored is not None:
@@ -201,9 +217,8 @@ class TaskHistory:
     async def count_filter(self, filter: TaskFilter) -> int:
         if self._stored is None:
             return await self._live.count(filter)
-        unsaved = self._unsaved()
-        local = [r for r in self._live_records() if filter.matches(r)]
-        extra = sum(1 for r in local if r.status in LIVE_STATUSES or r.task_id in unsaved)
+        local = [r for r in self._local() if filter.matches(r)]
+        extra = len(local)
         if self._shared is not None and not (
             filter.statuses and not set(filter.statuses) & LIVE_STATUSES
         ):

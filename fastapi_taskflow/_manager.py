@@ -25,6 +25,7 @@ from ._errors import (
     QueueFullError,
     TaskNotFoundError,
     UnknownTaskError,
+    UnsupportedOperationError,
 )
 from ._executor import Executor
 from ._flusher import Flusher, WriteAhead
@@ -193,7 +194,7 @@ class TaskManager:
         self.history = TaskHistory(
             live=lambda: itertools.chain((job.record for job in self.store), self._orphans),
             stored=None,
-            unsaved=lambda: set(self._flusher._dirty) if self._flusher else set(),
+            unsaved=lambda: self._flusher.unsaved() if self._flusher else frozenset(),
             lookup=self._lookup,
         )
 
@@ -566,17 +567,15 @@ class TaskManager:
         if job.stage is not Stage.HELD or job.dispatched:
             return
         job.dispatched = True
-        durable = job.durable
-        healthy = self._flusher is None or self._flusher.healthy
-        if durable is not None and not durable.done() and healthy:
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.durability_timeout, self._after_durable, job)
-
-            def durable_done(_: object) -> None:
-                timer.cancel()
-                self._after_durable(job)
-
-            durable.add_done_callback(durable_done)
+        durable, flusher = job.durable, self._flusher
+        if (
+            durable is not None
+            and not durable.done()
+            and flusher is not None
+            and flusher.healthy
+            # One gate per write-ahead batch (not a timer and a callback per task).
+            and flusher.hold(job, self._after_durable, timeout_s=self.durability_timeout)
+        ):
             return
         self._after_durable(job)
 
@@ -658,11 +657,10 @@ class TaskManager:
             queue=queue,
             source="enqueue",
         )
-        healthy = self._flusher is None or self._flusher.healthy
-        if job.durable is not None and not job.durable.done() and healthy:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.durability_timeout):
-                    await asyncio.shield(job.durable)
+        flusher = self._flusher
+        durable = job.durable
+        if durable is not None and not durable.done() and flusher is not None and flusher.healthy:
+            await flusher.durable(job, timeout_s=self.durability_timeout)
         self.dispatch(job)
         return job.task_id
 
@@ -700,14 +698,12 @@ class TaskManager:
         """In a shared deployment, a persisted task is marked running in the pending store
         before its function is called, so that if this instance dies an adopting instance
         knows the task may have run (and re-runs it only with requeue_on_interrupt)."""
-        if not job.leased or self._flusher is None or not self._flusher.healthy:
+        flusher = self._flusher
+        if not job.leased or flusher is None or not flusher.healthy:
             return
         self._changed.pop(job.task_id, None)
-        saved = self._flusher.started(job.record)
-        try:
-            async with asyncio.timeout(self.durability_timeout):
-                await asyncio.shield(saved)
-        except TimeoutError:
+        gate = flusher.started(job.record)  # shared by the tasks starting in this cycle
+        if not await gate.wait(self.durability_timeout):
             logger.debug(
                 "fastapi-taskflow: %s starts before its running state is saved", job.task_id
             )
@@ -813,7 +809,7 @@ class TaskManager:
         With ``retry_replaces_original=True`` the same record is reset and re-run; otherwise
         a new task is created with ``retry_of`` pointing at the original.
         """
-        job = self.store.get(task_id)
+        job = await self._visible_job(task_id)
         record = job.record if job is not None else await self.history.get(task_id)
         if record is None:
             raise TaskNotFoundError(f"no task with id {task_id!r}")
@@ -868,6 +864,50 @@ class TaskManager:
         self.dispatch(new)
         return new.task_id
 
+    async def delete(self, task_id: str) -> None:
+        """Delete a finished task: from memory, the unsaved buffer and the backend's history.
+
+        Only a task in a terminal state (success, failed, cancelled, interrupted, rejected)
+        can be deleted; cancel a pending or running one first. Its idempotency key is
+        released. With a shared backend the deletion holds for every instance: they read
+        saved history from the backend, so none shows the task or writes it back.
+
+        Raises :class:`TaskNotFoundError` for an unknown id, :class:`InvalidTaskStateError`
+        for a live task and :class:`UnsupportedOperationError` when the backend cannot
+        delete (nothing is removed then).
+        """
+        job = await self._visible_job(task_id)
+        record = job.record if job is not None else await self.history.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r}")
+        _check_deletable(record)
+        backend, flusher = self.backend, self._flusher
+        if backend is not None and flusher is not None:
+            if type(backend).delete is SnapshotBackend.delete:
+                raise UnsupportedOperationError(_cannot_delete(backend, task_id))
+            async with flusher.withdrawn(task_id) as unsaved:
+                job = self.store.get(task_id)
+                if job is not None:  # it may have been retried in the meantime
+                    _check_deletable(job.record)
+                removed = await backend.delete([task_id])
+                kept = not removed and unsaved is None
+                if kept and await self.history.get(task_id) is not None:
+                    raise UnsupportedOperationError(_cannot_delete(backend, task_id))
+        if job is None or self.store.get(task_id) is job:
+            self.store.remove(task_id)
+
+    async def _visible_job(self, task_id: str) -> Job | None:
+        """The local job of ``task_id``, unless it is a finished, saved record that is gone
+        from the backend's history (deleted by another instance): that copy is dropped."""
+        job = self.store.get(task_id)
+        if job is None or self._flusher is None or not job.record.status.is_terminal:
+            return job
+        if task_id in self._flusher.unsaved() or await self.history.get(task_id) is not None:
+            return job
+        if self.store.get(task_id) is job:
+            self.store.remove(task_id)
+        return None
+
     async def wait(self, task_id: str) -> TaskRecord:
         """Wait until the task reaches a terminal state and return its record.
 
@@ -912,6 +952,22 @@ def _checked_tags(tags: dict[str, str]) -> dict[str, str]:
                 f"{TAG_VALUE_LENGTH}. Store long data in the task's arguments instead"
             )
     return dict(tags)
+
+
+def _check_deletable(record: TaskRecord) -> None:
+    if not record.status.is_terminal:
+        raise InvalidTaskStateError(
+            f"task {record.task_id} is {record.status.value}; only finished tasks can be "
+            f"deleted. Cancel it first (task_manager.cancel or POST /tasks/{{id}}/cancel)"
+        )
+
+
+def _cannot_delete(backend: SnapshotBackend, task_id: str) -> str:
+    return (
+        f"{type(backend).__name__} cannot delete task {task_id} from history: implement "
+        f"`async def delete(self, task_ids: Sequence[str]) -> int` on the backend (remove "
+        f"those records, return how many were removed). Nothing was deleted"
+    )
 
 
 def _has_repr(record: TaskRecord) -> bool:

@@ -86,8 +86,9 @@ class TaskStore:
     def remove(self, task_id: str) -> None:
         job = self._jobs.pop(task_id, None)
         self._completed.pop(task_id, None)
-        if job is not None and job.record.idempotency_key is not None:
-            self._idempotency.pop(job.record.idempotency_key, None)
+        key = job.record.idempotency_key if job is not None else None
+        if key is not None and self._idempotency.get(key) == task_id:  # not a newer task's
+            del self._idempotency[key]
 
     def subscribe(self, maxsize: int = 1000) -> Subscription:
         subscription = Subscription(maxsize)

@@ -157,3 +157,44 @@ async def test_backend_down_for_ten_seconds_during_5000_tasks(
     # the outage was real: writes failed, were buffered, and went through afterwards
     assert "writing to the backend failed" in caplog.text
     assert "the backend is back" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_task_that_finished_during_an_outage_keeps_its_outcome(
+    kind: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its history write fails, its lease lapses, and the heartbeat claims it back from the
+    pending store once the backend answers again: it must neither run again nor be
+    recorded as interrupted."""
+    from fastapi_taskflow.backends import MemoryBackend
+
+    if kind == "memory":
+        tm = TaskManager(snapshot_backend=MemoryBackend(), lease_s=0.3, snapshot_interval=3600)
+    else:
+        tm = TaskManager(snapshot_db=tmp_path / "t.db", lease_s=0.3, snapshot_interval=3600)
+    runs = 0
+
+    @tm.task(name="outage.once", persist=True)
+    async def once() -> None:
+        nonlocal runs
+        runs += 1
+
+    async with tm:
+        backend = tm.backend
+        assert backend is not None
+        save = backend.save
+
+        async def unreachable(records: Any) -> int:
+            raise OSError("connection refused (simulated outage)")
+
+        monkeypatch.setattr(backend, "save", unreachable)
+        task_id = await tm.enqueue(once)
+        assert (await tm.wait(task_id)).status is TaskStatus.SUCCESS
+        await asyncio.sleep(1.0)  # the lease lapses; heartbeats claim the task back
+        monkeypatch.setattr(backend, "save", save)
+        await tm.flush()
+        record = await tm.history.get(task_id)
+        assert record is not None and record.status is TaskStatus.SUCCESS, record
+        assert runs == 1
+        stored = await backend.load()
+    assert [(r.task_id, r.status) for r in stored] == [(task_id, TaskStatus.SUCCESS)]

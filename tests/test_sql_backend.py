@@ -277,6 +277,15 @@ FILTERS = {
     "one status": TaskFilter(statuses=(TaskStatus.FAILED,)),
     "two statuses": TaskFilter(statuses=(TaskStatus.FAILED, TaskStatus.CANCELLED)),
     "function": TaskFilter(func_name="app.resize"),
+    # several statuses are paged as one ordered branch per status (see Selection.page)
+    "two statuses and function": TaskFilter(
+        statuses=(TaskStatus.SUCCESS, TaskStatus.FAILED), func_name="app.send_email"
+    ),
+    "three statuses in a window": TaskFilter(
+        statuses=(TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED),
+        since=T0 + timedelta(seconds=2),
+        until=T0 + timedelta(seconds=12),
+    ),
     "status and function": TaskFilter(statuses=(TaskStatus.SUCCESS,), func_name="app.send_email"),
     "queue": TaskFilter(queue="emails"),
     "one tag": TaskFilter(tags={"tenant": "t1"}),
@@ -324,7 +333,9 @@ async def test_query_and_count_match_the_filter(repo: HistoryRepository, name: s
     assert await repo.count(filter) == len(want)
 
 
-@pytest.mark.parametrize("name", ["everything", "one tag", "two statuses", "window"])
+@pytest.mark.parametrize(
+    "name", ["everything", "one tag", "two statuses", "two statuses and function", "window"]
+)
 async def test_keyset_pages_cover_everything_once(repo: HistoryRepository, name: str) -> None:
     filter = FILTERS[name]
     seen: list[str] = []

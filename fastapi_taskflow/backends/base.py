@@ -45,6 +45,9 @@ class Coordinator(Protocol):
     A backend that offers a coordinator must also make :meth:`SnapshotBackend.save` remove
     the saved task ids from its pending store in the same transaction: a task's terminal
     record landing in history is what completes it.
+
+    Records are passed as they are, not copied: read (serialise) them before the first
+    ``await``, as the built-in coordinators do; the caller may change them afterwards.
     """
 
     async def accept(

@@ -1,4 +1,4 @@
-"""The JSON API: list, inspect, retry and cancel tasks; metrics and statistics."""
+"""The JSON API: list, inspect, retry, cancel and delete tasks; metrics and statistics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
 
 from .._errors import (
     ConfigurationError,
@@ -15,6 +15,7 @@ from .._errors import (
     TaskflowError,
     TaskNotFoundError,
     UnknownTaskError,
+    UnsupportedOperationError,
 )
 from .._history import MAX_LIMIT, make_filter
 from .._manager import TaskManager
@@ -71,6 +72,8 @@ def http_error(exc: TaskflowError) -> HTTPException:
         return HTTPException(429, str(exc))
     if isinstance(exc, ConfigurationError):
         return HTTPException(422, str(exc))
+    if isinstance(exc, UnsupportedOperationError):
+        return HTTPException(501, str(exc))
     return HTTPException(503, str(exc))
 
 
@@ -265,5 +268,20 @@ def build_router(manager: TaskManager, *, display_func_args: bool, actor: Guard)
         except TaskflowError as exc:
             raise http_error(exc) from exc
         return out(record)
+
+    @router.delete(
+        "/{task_id}",
+        status_code=204,
+        response_class=Response,
+        dependencies=acting,
+        responses={409: {"model": ErrorOut}, 501: {"model": ErrorOut}},
+        summary="Delete a finished task from memory and history (cancel a live one first)",
+    )
+    async def delete_task(task_id: TaskId) -> Response:
+        try:
+            await manager.delete(task_id)
+        except TaskflowError as exc:
+            raise http_error(exc) from exc
+        return Response(status_code=204)
 
     return router

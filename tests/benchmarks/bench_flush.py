@@ -10,7 +10,7 @@ log line, an attempt, small args and kwargs) to each backend's history, and comp
 library with a raw write of the same rows through the same driver, in the same run:
 
 * ``flusher``: the library's ``Flusher`` (what a ``TaskManager`` runs) writing its whole
-  backlog, i.e. ``backend.save()`` called with batches of 1,000 records;
+  backlog, i.e. ``backend.save()`` called with batches of its default size (10,000 records);
 * ``save(all)``: one ``backend.save(records)`` call with every record;
 * ``raw core`` (the baseline of the target): SQL, one transaction running a plain SQLAlchemy
   Core ``insert(taskflow_history)`` executemany of row dicts prepared beforehand (JSON
@@ -70,7 +70,6 @@ from fastapi_taskflow.backends.base import SnapshotBackend  # noqa: E402
 
 BACKENDS = ("sqlite", "postgres", "mysql", "redis")
 TARGET = 0.5  # library throughput / raw throughput (issue 3)
-FLUSH_BATCH = 1000  # the Flusher's batch size
 
 FUNCTIONS = tuple(
     f"app.tasks.{name}"
@@ -387,7 +386,7 @@ async def measure_once(
         await store.open()
         expected = len(records)
         if variant == "flusher":
-            flusher = Flusher(store, interval=3600.0, batch_size=FLUSH_BATCH)
+            flusher = Flusher(store, interval=3600.0)  # the default batch size (10,000)
             for record in records:
                 flusher.add(record)
             spent = await timed(flusher.flush)

@@ -69,13 +69,17 @@ class RedisCoordinator:
             micros(utcnow()) - ttl_us,
         ]
         touched = [*keys.pending_store(), keys.keyed_success]
+        # Every record is read before the first await: the caller may change them later.
+        entries = [
+            (r.task_id, micros(r.created_at), "0" if r.idempotency_key is None else "1",
+             r.model_dump_json())
+            for r in records
+        ]  # fmt: skip
         added: list[str] = []
-        for part in chunks(records, _ACCEPT_CHUNK):
+        for part in chunks(entries, _ACCEPT_CHUNK):
             args = list(head)
-            for record in part:
-                keyed = "0" if record.idempotency_key is None else "1"
-                json = record.model_dump_json()
-                args += (record.task_id, micros(record.created_at), keyed, json)
+            for entry in part:
+                args += entry
             with backend._errors("accept tasks"):
                 added += ids(await scripts.accept(keys=touched, args=args))
         return added

@@ -29,7 +29,7 @@ from .records import (
 )
 from .repository import SqlHistoryRepository
 from .tables import UTCDateTime, history, history_tags, pending
-from .transaction import WriteGuard, run_read
+from .transaction import Work, WriteGuard, run_read
 from .urls import make_async_url, require_driver
 
 
@@ -144,6 +144,12 @@ class SqlBackend(SnapshotBackend):
         """Upsert ``records`` into history in one transaction; return how many."""
         if not records:
             return 0
+        count, work = self._save_work(records)
+        await self._writes.run(self.engine, work, f"saving {count} task records")
+        return count
+
+    def _save_work(self, records: Sequence[TaskRecord]) -> tuple[int, Work[None]]:
+        """How many records :meth:`save` writes, and its unit of work (records read now)."""
         engine = self.engine
         bulk = self._bulk
         assert bulk is not None
@@ -163,8 +169,7 @@ class SqlBackend(SnapshotBackend):
             for matching in in_ids(pending.c.task_id, ids, dialect):
                 await conn.execute(sa.delete(pending).where(matching))
 
-        await self._writes.run(engine, work, f"saving {len(batch)} task records")
-        return len(batch)
+        return len(batch), work
 
     async def load(self) -> list[TaskRecord]:
         """Every record in history, oldest first."""
@@ -177,7 +182,9 @@ class SqlBackend(SnapshotBackend):
         return await run_read(self.engine, work, "loading task history")
 
     async def delete(self, task_ids: Sequence[str]) -> int:
-        """Remove records (and their tags) from history; return how many were removed."""
+        """Remove records (and their tags) from history, and the tasks from the pending
+        store (a deleted task is not adopted and written back by another instance); return
+        how many history records were removed."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return 0
@@ -190,6 +197,8 @@ class SqlBackend(SnapshotBackend):
                 await conn.execute(sa.delete(history_tags).where(matching))
             for matching in in_ids(history.c.task_id, ids, dialect):
                 removed += (await conn.execute(sa.delete(history).where(matching))).rowcount
+            for matching in in_ids(pending.c.task_id, ids, dialect):
+                await conn.execute(sa.delete(pending).where(matching))
             return removed
 
         return await self._writes.run(engine, work, f"deleting {len(ids)} task records")

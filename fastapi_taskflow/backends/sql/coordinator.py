@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..._errors import ConfigurationError
 from ..._models import TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
 from ..._query import page_of
 from .dialect import in_ids, is_mysql
+from .pending_writes import PendingWrites
 from .records import from_pending_row, pending_rows
 from .tables import history, pending
-from .transaction import run_read
+from .transaction import Work, run_read
 
 if TYPE_CHECKING:
     from .backend import SqlBackend
@@ -40,6 +42,7 @@ class SqlCoordinator:
 
     def __init__(self, backend: SqlBackend) -> None:
         self._backend = backend
+        self._writes: dict[str, PendingWrites] = {}
 
     async def _write(self, work: Any, what: str) -> Any:
         backend = self._backend
@@ -58,39 +61,122 @@ class SqlCoordinator:
     ) -> list[str]:
         if not records:
             return []
+        if connection is not None and not isinstance(connection, AsyncConnection):
+            raise ConfigurationError(
+                f"connection= must be an SQLAlchemy AsyncConnection, got "
+                f"{type(connection).__name__}"
+            )
+        if connection is not None:  # the caller's open transaction (transactional enqueue)
+            _, work = self._accept_work(records, owner, lease_s, key_ttl_s, None)
+            return await work(connection)
+        fast = self._fast(self._backend.engine.dialect)
+        count, work = self._accept_work(records, owner, lease_s, key_ttl_s, fast)
+        return list(await self._write(work, f"accepting {count} tasks"))
+
+    def _accept_work(
+        self,
+        records: Sequence[TaskRecord],
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        fast: PendingWrites | None,
+    ) -> tuple[int, Work[list[str]]]:
+        """How many tasks :meth:`accept` adds at most, and its unit of work (with ``fast``,
+        for a transaction of ours). The records are read now: the caller may change them
+        while the write waits."""
         now = utcnow()
         until = now + timedelta(seconds=lease_s) if owner is not None else None
-        rows = [
-            {**row, "status": TaskStatus.PENDING.value, "claimed_by": owner,
-             "lease_until": until, "cancel_requested": False}
-            for row in pending_rows(list({r.task_id: r for r in records}.values()))
-        ]  # fmt: skip
-        keyed = [r.task_id for r in records if r.idempotency_key is not None]
+        unique = list({r.task_id: r for r in records}.values())
+        keyed = [r.task_id for r in unique if r.idempotency_key is not None]
         fresh_after = now - timedelta(seconds=key_ttl_s)
+        insert = None
+        if keyed:  # which ones to insert is known only inside the transaction
+            unique = [r.model_copy(deep=True) for r in unique]
+        elif fast is not None:
+            insert = fast.accept(unique, owner, until)
+        rows = None
+        if fast is None:
+            rows = [
+                {**row, "status": TaskStatus.PENDING.value, "claimed_by": owner,
+                 "lease_until": until, "cancel_requested": False}
+                for row in pending_rows(unique)
+            ]  # fmt: skip
 
         async def work(conn: AsyncConnection) -> list[str]:
-            dialect = conn.dialect.name
+            if insert is not None:
+                return list(await insert(conn))
             skip: set[str] = set()
-            for matching in in_ids(history.c.task_id, keyed, dialect) if keyed else ():
+            for matching in in_ids(history.c.task_id, keyed, conn.dialect.name):
                 query = sa.select(history.c.task_id).where(
                     matching,
                     history.c.status == TaskStatus.SUCCESS.value,
                     sa.func.coalesce(history.c.end_time, history.c.created_at) > fresh_after,
                 )
                 skip.update(await conn.scalars(query))
-            candidates = [row for row in rows if row["task_id"] not in skip]
-            if not candidates:
-                return []
-            return await _insert_new(conn, candidates, owner, until)
+            if fast is not None:
+                candidates = [r for r in unique if r.task_id not in skip]
+                return list(await fast.accept(candidates, owner, until)(conn)) if candidates else []
+            assert rows is not None
+            kept = [row for row in rows if row["task_id"] not in skip]
+            return await _insert_new(conn, kept, owner, until) if kept else []
 
-        if connection is not None:  # the caller's open transaction (transactional enqueue)
-            if not isinstance(connection, AsyncConnection):
-                raise ConfigurationError(
-                    f"connection= must be an SQLAlchemy AsyncConnection, got "
-                    f"{type(connection).__name__}"
-                )
-            return await work(connection)
-        return list(await self._write(work, f"accepting {len(rows)} tasks"))
+        return len(unique), work
+
+    async def write_cycle(
+        self,
+        accepted: Sequence[TaskRecord],
+        *,
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        running: Sequence[TaskRecord],
+        finished: Sequence[TaskRecord],
+    ) -> list[str]:
+        """One flush cycle in one transaction: :meth:`accept` ``accepted`` (returning the
+        ids added), :meth:`update` ``running`` and save ``finished`` to history (which
+        removes them from the pending store), as the three calls would, at the cost of one
+        commit instead of three. The records are read before this returns control."""
+        fast = self._fast(self._backend.engine.dialect)
+        if fast is not None and not finished:
+            keyed = any(r.idempotency_key is not None for r in accepted)
+            marked = {r.task_id for r in running}
+            if not keyed and not any(r.task_id in marked for r in accepted):
+                until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
+                both = fast.accept_and_update(accepted, owner, until, running)
+                if both is not None:
+                    what = f"accepting {len(accepted)} and starting {len(running)} tasks"
+                    return list(await self._write(both, what))
+        insert = None
+        if accepted:
+            insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
+        then: list[Work[None]] = []
+        if running:
+            then.append(self._update_work(running))
+        if finished:
+            then.append(self._backend._save_work(finished)[1])
+        if insert is None and not then:
+            return []
+
+        async def work(conn: AsyncConnection) -> list[str]:
+            added = await insert(conn) if insert is not None else []
+            for step in then:
+                await step(conn)
+            return added
+
+        what = (
+            f"writing {len(accepted)} accepted, {len(running)} started and {len(finished)} "
+            f"finished tasks"
+        )
+        return list(await self._write(work, what))
+
+    def _fast(self, dialect: Dialect) -> PendingWrites | None:
+        """The driver-level pending-store writes for ``dialect``, if its driver has them."""
+        if not PendingWrites.supports(dialect):
+            return None
+        writes = self._writes.get(dialect.name)
+        if writes is None:
+            writes = self._writes[dialect.name] = PendingWrites(dialect)
+        return writes
 
     # ------------------------------------------------------------------ leases
 
@@ -190,9 +276,17 @@ class SqlCoordinator:
     async def update(self, records: Sequence[TaskRecord]) -> None:
         if not records:
             return
+        await self._write(self._update_work(records), f"updating {len(records)} live tasks")
+
+    def _update_work(self, records: Sequence[TaskRecord]) -> Work[None]:
+        """The unit of work of :meth:`update` (the records are read now)."""
+        latest = list({r.task_id: r for r in records}.values())
+        fast = self._fast(self._backend.engine.dialect)
+        if fast is not None:
+            return fast.update(latest)
         params = [
             {"b_id": r.task_id, "b_status": r.status.value, "b_record": _document(r)}
-            for r in {r.task_id: r for r in records}.values()
+            for r in latest
         ]
         statement = (
             sa.update(pending)
@@ -206,7 +300,7 @@ class SqlCoordinator:
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(statement, params)
 
-        await self._write(work, f"updating {len(params)} live tasks")
+        return work
 
     async def live(
         self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
@@ -264,16 +358,20 @@ class SqlCoordinator:
 async def _insert_new(
     conn: AsyncConnection, rows: list[dict[str, Any]], owner: str | None, until: datetime | None
 ) -> list[str]:
-    """Insert ``rows`` unless their task id exists; return the ids this call inserted."""
+    """Insert ``rows`` unless their task id exists; return the ids this call inserted.
+
+    The portable path (drivers without :class:`PendingWrites`): one cached statement run
+    as an ``executemany``, which SQLAlchemy batches into multi-row inserts.
+    """
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        pg = postgresql.insert(pending).values(rows).on_conflict_do_nothing()
-        return list(await conn.scalars(pg.returning(pending.c.task_id)))
+        pg = postgresql.insert(pending).on_conflict_do_nothing()
+        return list((await conn.execute(pg.returning(pending.c.task_id), rows)).scalars())
     if dialect == "sqlite":
-        lite = sqlite.insert(pending).values(rows).on_conflict_do_nothing()
-        return list(await conn.scalars(lite.returning(pending.c.task_id)))
+        lite = sqlite.insert(pending).on_conflict_do_nothing()
+        return list((await conn.execute(lite.returning(pending.c.task_id), rows)).scalars())
     if is_mysql(dialect):
-        await conn.execute(mysql.insert(pending).values(rows).prefix_with("IGNORE"))
+        await conn.execute(mysql.insert(pending).prefix_with("IGNORE"), rows)
         ids = [row["task_id"] for row in rows]
         # Rows another instance inserted first carry its owner and lease, not ours.
         ours = sa.select(pending.c.task_id).where(
