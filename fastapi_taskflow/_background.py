@@ -115,7 +115,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
         queue: str | None,
         context: contextvars.Context | None,
     ) -> str:
-        existing = manager.duplicate_of(idempotency_key)
+        existing = manager.duplicate_of(idempotency_key, func)
         if existing is not None:
             return existing.task_id
         job = manager.create(

@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import logging
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +38,7 @@ class CycleWriter(Protocol):
         key_ttl_s: float,
         running: Sequence[TaskRecord],
         finished: Sequence[TaskRecord],
+        finished_pending: Collection[str] | None = None,
     ) -> list[str]: ...
 
 
@@ -93,6 +94,9 @@ class Flusher:
         self._batch_size = batch_size
         self._max_buffer = max_buffer
         self._dirty: dict[str, TaskRecord] = {}
+        # Buffered records known to have no row in the pending store (never written
+        # ahead or adopted): their history write skips the pending-store delete.
+        self._no_pending: set[str] = set()
         self._saving: dict[str, TaskRecord] = {}  # the batch being written, until committed
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -103,12 +107,19 @@ class Flusher:
         self.healthy = True  # False from a failed write until the next one succeeds
         self._history_at = 0.0  # loop time of the last history write
 
-    def add(self, record: TaskRecord) -> None:
+    def add(self, record: TaskRecord, *, pending: bool = True) -> None:
+        """Buffer a finished record for history. ``pending=False`` says the task never had
+        a row in the shared pending store, which spares its write a delete there."""
         self._dirty.pop(record.task_id, None)
         self._dirty[record.task_id] = record
+        if pending:
+            self._no_pending.discard(record.task_id)
+        else:
+            self._no_pending.add(record.task_id)
         if len(self._dirty) > self._max_buffer:
             oldest = next(iter(self._dirty))
             del self._dirty[oldest]
+            self._no_pending.discard(oldest)
             self.dropped += 1
             logger.warning(
                 "fastapi-taskflow: the write buffer is full (%d records); dropped the oldest "
@@ -176,6 +187,7 @@ class Flusher:
         """
         async with self._lock:
             record = self._dirty.pop(task_id, None)
+            self._no_pending.discard(task_id)  # (a record buffered again may have a row)
             try:
                 yield record
             except BaseException:
@@ -205,8 +217,16 @@ class Flusher:
         for job, future, gate in batch:
             if self._accepting.get(job.task_id, (None,))[0] is job:
                 del self._accepting[job.task_id]
-            if not future.done():
-                future.set_result(job.record.status.is_terminal or job.task_id in added)
+            if future.done():
+                pass
+            elif job.record.status.is_terminal:
+                # Ended before it was written ahead (its request failed, say): nothing to
+                # add, and its history record completes it. Unless its id comes from an
+                # idempotency key: then it may be another task's (in history, or pending
+                # on another instance), which its record would overwrite; it is dropped.
+                future.set_result(job.record.idempotency_key is None)
+            else:
+                future.set_result(job.task_id in added)
             gate.settle()
 
     def start(self) -> None:
@@ -258,6 +278,7 @@ class Flusher:
                 [job.record for job, _, _ in accepting if not job.record.status.is_terminal],
                 owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
                 running=[record for record, _ in starting], finished=finished,
+                finished_pending=self._pending_of(finished),
             )  # fmt: skip
         except BaseException:
             for record in finished:  # keep what failed, unless a newer copy arrived
@@ -265,9 +286,23 @@ class Flusher:
             raise
         finally:
             self._saving.clear()
+        self._saved(finished)
         self._settle_accepted(accepting, set(added))
         self._settle_started(starting)
         return len(finished)
+
+    def _pending_of(self, records: Sequence[TaskRecord]) -> set[str]:
+        """The ids among ``records`` that may have a row in the pending store."""
+        no_pending = self._no_pending
+        return {r.task_id for r in records if r.task_id not in no_pending}
+
+    def _saved(self, records: Sequence[TaskRecord]) -> None:
+        """Forget the hints of written records (unless a newer copy is buffered)."""
+        if self._no_pending:
+            dirty, no_pending = self._dirty, self._no_pending
+            for record in records:
+                if record.task_id not in dirty:
+                    no_pending.discard(record.task_id)
 
     async def flush(self) -> int:
         """Write every buffered record now; returns how many were written."""
@@ -304,13 +339,18 @@ class Flusher:
                     del self._dirty[record.task_id]
                     self._saving[record.task_id] = record
                 try:
-                    await self._backend.save([r.model_copy() for r in batch])
+                    backend = self._backend
+                    copies = (
+                        batch if backend._reads_records_on_call else [r.model_copy() for r in batch]
+                    )
+                    await backend._save_history(copies, self._pending_of(batch))
                 except BaseException:
                     for record in batch:  # keep what failed, unless a newer copy arrived
                         self._dirty.setdefault(record.task_id, record)
                     raise
                 finally:
                     self._saving.clear()
+                self._saved(batch)
                 written += len(batch)
         self.written += written
         return written

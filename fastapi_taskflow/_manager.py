@@ -447,7 +447,7 @@ class TaskManager:
         Returns the job, which is not started yet (see :meth:`dispatch`). When the
         idempotency key matches a live or succeeded task, that task's job is returned.
         """
-        existing = self.duplicate_of(idempotency_key)
+        existing = self.duplicate_of(idempotency_key, func)
         if existing is not None:
             return existing
         job = self._prepare(
@@ -457,6 +457,11 @@ class TaskManager:
         record, queue_name = job.record, job.record.queue
         assert self._dispatcher is not None
         if not self._dispatcher.admit(job):
+            key = record.idempotency_key
+            if key is not None and job.task_id == uuid.uuid5(_KEY_NAMESPACE, key).hex:
+                # Its id is derived from the key and may belong to a task that exists (in
+                # another instance's memory, or in history): the rejection gets its own.
+                job.task_id = record.__dict__["task_id"] = os.urandom(16).hex()
             self.store.add(job)
             assert self._executor is not None
             limit = self._queues[queue_name].max_size
@@ -549,14 +554,45 @@ class TaskManager:
         )
         return job
 
-    def duplicate_of(self, idempotency_key: str | None) -> Job | None:
-        """The pending, running or succeeded task known here that holds this key."""
+    def duplicate_of(
+        self, idempotency_key: str | None, func: Callable[..., Any] | None = None
+    ) -> Job | None:
+        """The pending, running or succeeded task known here that holds this key (for a
+        new task of ``func``)."""
         if idempotency_key is None:
             return None
         existing = self.store.by_idempotency_key(idempotency_key)
-        if existing is not None and existing.record.status in _HOLDS_KEY:
-            return existing
-        return None
+        if existing is None or existing.record.status not in _HOLDS_KEY:
+            return None
+        flusher = self._flusher
+        if (
+            flusher is None
+            or not existing.record.status.is_terminal
+            or existing.task_id in flusher.unsaved()
+        ):
+            return existing  # no backend, a live task, or a record only this memory holds
+        # A succeeded record that is saved may since have been deleted through another
+        # instance sharing the backend; this memory copy would then hold a key that is free.
+        # This check is synchronous and on add_task's hot path, so it cannot ask the backend;
+        # where the backend decides the key anyway, let it. A persisted task in a shared
+        # deployment gets its id from the key, so the new task has this very id and the
+        # pending store's accept (in the write-ahead the task waits for before it starts)
+        # settles it atomically: skipped while history holds the id as succeeded (within
+        # idempotency_ttl_s; the caller gets this id back, nothing runs, and the new job is
+        # dropped from memory), added and run once the task is deleted. Otherwise this
+        # memory answers: the key of a task that is not persisted is held by this instance's
+        # memory alone (no backend sees it), and a failing backend cannot decide in time.
+        # (Only when the new task is persisted too: it then gets the same id.)
+        if (
+            flusher.healthy
+            and self._coordinator is not None
+            and self._persists(existing.config)
+            and func is not None
+            and self._persists(self.registry.for_callable(func))
+            and existing.task_id == uuid.uuid5(_KEY_NAMESPACE, idempotency_key).hex
+        ):
+            return None
+        return existing
 
     def dispatch(self, job: Job) -> None:
         """Let an accepted job start (now, or when its queue has room).
@@ -724,13 +760,37 @@ class TaskManager:
             and job.config.requeue_on_interrupt
             and job.record.status is TaskStatus.INTERRUPTED
         )
+        # Only a task written ahead or adopted can have a row in the pending store.
+        may_pend = job.leased or job.durable is not None
         job.leased = False
         if self._flusher is not None and not released:
-            self._flusher.add(job.record)
+            durable = job.durable
+            if durable is None or (durable.done() and durable.result()):
+                self._flusher.add(job.record, pending=may_pend)
+            elif not durable.done():  # ended before its write-ahead was settled
+                durable.add_done_callback(lambda _: self._record_if_accepted(job))
+            else:
+                self._refused(job)
         if job.done is not None:
             job.done.set()
         if self._leases is not None and self._leases.backlog:
             self._leases.poke()
+
+    def _record_if_accepted(self, job: Job) -> None:
+        """Record a task that ended (cancelled with its request, say) before the pending
+        store settled whether it was added; if it was not, its id belongs to another task
+        (the same idempotency key, on another instance or already in history) and nothing
+        of it is written: its record would overwrite that task's."""
+        durable = job.durable
+        assert durable is not None
+        if durable.result() and self._flusher is not None:
+            self._flusher.add(job.record, pending=True)
+        else:
+            self._refused(job)
+
+    def _refused(self, job: Job) -> None:
+        if self.store.get(job.task_id) is job:
+            self.store.remove(job.task_id)
 
     async def _requeue(self, records: list[TaskRecord]) -> None:
         for record in records:
@@ -768,7 +828,7 @@ class TaskManager:
         In a shared deployment a task held by another instance is cancelled by that instance
         at its next heartbeat; the returned record then still shows its current status.
         """
-        job = self.store.get(task_id)
+        job = await self._visible_job(task_id)  # not a copy of a task deleted elsewhere
         if job is None and self._coordinator is not None:
             shared = await self._coordinator.get_live(task_id)
             if shared is not None:
@@ -913,7 +973,7 @@ class TaskManager:
 
         Bound it with ``asyncio.timeout(...)`` if needed.
         """
-        job = self.store.get(task_id)
+        job = await self._visible_job(task_id)  # not a copy of a task deleted elsewhere
         if job is None:
             record = await self.history.get(task_id)
             if record is None:

@@ -153,8 +153,10 @@ async def test_every_state_changing_route_refuses_readers_and_requests_without_c
         f"{PATH}/replay",
         f"{PATH}/{{task_id}}/retry",
         f"{PATH}/{{task_id}}/cancel",
+        f"{PATH}/{{task_id}}",  # DELETE: the only state-changing method on this path
         f"{PATH}/logout",
     }
+    assert ("DELETE", f"{PATH}/{{task_id}}") in changing
     client = admin.client
     for method, path in changing:
         url, where = concrete(path, admin.task_id), f"{method} {path}"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from _helpers import finished, serve, wait_for
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from test_persistence import (  # noqa: F401 - make_backend is a fixture
     BackendFactory,
     SixMethodBackend,
@@ -280,6 +280,121 @@ async def test_a_deletion_by_one_instance_holds_on_the_other(
     async with third:
         assert third.backend is not None
         assert {r.task_id for r in await third.backend.load()} == {later}
+
+
+async def test_the_key_of_a_task_deleted_on_one_instance_is_free_on_the_other(
+    make_backend: BackendFactory,  # noqa: F811
+) -> None:
+    runs: list[int] = []
+
+    async def charge(n: int) -> None:
+        runs.append(n)
+
+    apps: list[FastAPI] = []
+    managers: list[TaskManager] = []
+    for name in ("a", "b"):
+        tm = manager(make_backend, instance_id=name)
+        tm.task(name="charge", persist=True)(charge)
+        app = FastAPI()
+        TaskAdmin(app, tm, auto_install=True)
+
+        @app.post("/charge")
+        async def charge_route(
+            n: int, key: str, background_tasks: BackgroundTasks
+        ) -> dict[str, str]:
+            return {"task_id": background_tasks.add_task(charge, n, idempotency_key=key)}
+
+        apps.append(app)
+        managers.append(tm)
+    a, b = managers
+
+    async def add_on_b(n: int, key: str) -> str:
+        response = await api_b.post("/charge", params={"n": n, "key": key})
+        assert response.status_code == 200, response.text
+        task_id: str = response.json()["task_id"]
+        return task_id
+
+    async with serve(apps[0]), serve(apps[1]) as api_b:
+        # add_task (ManagedBackgroundTasks) on B, with the succeeded task in B's memory.
+        first = await add_on_b(1, "order-1")
+        await wait_for(lambda: runs == [1])
+        await finished(b, first)
+        await b.flush()
+        assert b.store.get(first) is not None  # saved, still held by B
+        await a.delete(first)
+        again = await add_on_b(2, "order-1")
+        await wait_for(lambda: runs == [1, 2])  # B ran it: the key was free
+        record = await finished(b, again)
+        assert record.status is TaskStatus.SUCCESS and record.args == [2]
+        await b.flush()
+        assert (await a.history.get(again)) is not None
+
+        # enqueue on B (TaskManager.create), same situation.
+        second = await b.enqueue(charge, 3, idempotency_key="order-2")
+        await finished(b, second)
+        await b.flush()
+        assert b.store.get(second) is not None
+        await a.delete(second)
+        assert await b.enqueue(charge, 4, idempotency_key="order-2") == second
+        record = await finished(b, second)
+        assert runs == [1, 2, 3, 4] and record.args == [4]
+        await b.flush()
+
+        # A key whose task still exists stays taken, on both instances and both paths.
+        assert b.store.get(again) is not None
+        assert await add_on_b(5, "order-1") == again
+        assert await b.enqueue(charge, 6, idempotency_key="order-1") == again
+        assert await a.enqueue(charge, 7, idempotency_key="order-2") == second
+        assert await b.enqueue(charge, 8, idempotency_key="order-2") == second
+        await asyncio.sleep(0.1)  # a wrongly accepted duplicate would have started by now
+        assert runs == [1, 2, 3, 4]
+        for task_id, n in ((again, 2), (second, 4)):
+            for tm in (a, b):
+                record = await finished(tm, task_id)
+                assert record.status is TaskStatus.SUCCESS and record.args == [n]
+
+
+async def test_cancel_and_wait_do_not_see_a_task_deleted_on_another_instance(
+    make_backend: BackendFactory,  # noqa: F811
+) -> None:
+    apps: list[FastAPI] = []
+    managers: list[TaskManager] = []
+    for name in ("a", "b"):
+        tm = manager(make_backend, instance_id=name)
+        app = FastAPI()
+        TaskAdmin(app, tm)
+        apps.append(app)
+        managers.append(tm)
+    a, b = managers
+    async with serve(apps[0]), serve(apps[1]) as api_b:
+        ids = [await b.enqueue(asyncio.sleep, 0) for _ in range(3)]
+        for task_id in ids:
+            await finished(b, task_id)
+        await b.flush()
+        for task_id in ids:
+            assert b.store.get(task_id) is not None  # saved, still held by B
+            await a.delete(task_id)
+        by_cancel, by_wait, by_http = ids
+
+        with pytest.raises(TaskNotFoundError):
+            await b.cancel(by_cancel)
+        with pytest.raises(TaskNotFoundError):
+            await b.wait(by_wait)
+        response = await api_b.post(f"/tasks/{by_http}/cancel")
+        assert response.status_code == 404, response.text
+        for task_id in ids:
+            assert b.store.get(task_id) is None  # the stale copies are dropped
+            with pytest.raises(TaskNotFoundError):
+                await b.wait(task_id)
+
+        # A finished task that exists is still found by both.
+        kept = await b.enqueue(asyncio.sleep, 0)
+        await finished(b, kept)
+        await b.flush()
+        assert (await b.wait(kept)).status is TaskStatus.SUCCESS
+        with pytest.raises(InvalidTaskStateError, match="already"):
+            await b.cancel(kept)
+        assert (await api_b.post(f"/tasks/{kept}/cancel")).status_code == 409
 
 
 # --------------------------------------------------------------------------- writes in flight

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import finished, wait_for
+from _helpers import finished, serve, wait_for
+from fastapi import BackgroundTasks, FastAPI, HTTPException
 
 from fastapi_taskflow import (
     QueueConfig,
+    TaskAdmin,
     TaskManager,
     TaskRecord,
     TaskStatus,
@@ -439,3 +441,44 @@ async def test_custom_backend_with_only_the_six_methods() -> None:
         assert [r.task_id for r in page] == [failed]
         assert await second.history.count(status="success") >= 1
     assert ran == [1, 2]
+
+
+@pytest.mark.parametrize("slow_route", [False, True])
+async def test_a_failed_request_never_overwrites_the_task_that_holds_its_key(
+    make_backend: BackendFactory, slow_route: bool
+) -> None:
+    """A persisted task's id comes from its idempotency key. A route that adds a task with
+    a key already used by a succeeded task, then fails, must not record its cancelled task
+    under that id: the succeeded one would be overwritten (and its key freed). Checked on a
+    manager that does not hold the succeeded task in memory, as another instance would."""
+    tm = manager(make_backend, snapshot_interval=3600.0)
+    runs: list[int] = []
+
+    @tm.task(name="billing.charge", persist=True)
+    async def charge(n: int) -> None:
+        runs.append(n)
+
+    app = FastAPI()
+    TaskAdmin(app, tm, auto_install=True)
+
+    @app.post("/charge-then-fail")
+    async def charge_then_fail(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(charge, 2, idempotency_key="order-1")
+        if slow_route:  # its write-ahead is settled (refused) before the request fails
+            await asyncio.sleep(0.3)
+        raise HTTPException(400, "card declined")
+
+    async with serve(app) as client:
+        first = await tm.enqueue(charge, 1, idempotency_key="order-1")
+        assert (await finished(tm, first)).status is TaskStatus.SUCCESS
+        await tm.flush()
+        tm.store.remove(first)  # as on an instance that never held it
+        assert (await client.post("/charge-then-fail")).status_code == 400
+        await asyncio.sleep(0.2)
+        await tm.flush()
+        record = await tm.history.get(first)
+        assert record is not None and record.status is TaskStatus.SUCCESS, record
+        assert runs == [1]
+        assert await tm.enqueue(charge, 3, idempotency_key="order-1") == first
+        await asyncio.sleep(0.1)
+        assert runs == [1]

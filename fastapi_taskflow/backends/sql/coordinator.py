@@ -9,7 +9,7 @@ clocks: keep hosts in sync (NTP) and leases well above the expected skew.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -131,11 +131,17 @@ class SqlCoordinator:
         key_ttl_s: float,
         running: Sequence[TaskRecord],
         finished: Sequence[TaskRecord],
+        finished_pending: Collection[str] | None = None,
     ) -> list[str]:
         """One flush cycle in one transaction: :meth:`accept` ``accepted`` (returning the
         ids added), :meth:`update` ``running`` and save ``finished`` to history (which
         removes them from the pending store), as the three calls would, at the cost of one
         commit instead of three. The records are read before this returns control."""
+        after: list[TaskRecord] = []
+        if finished and not self._backend._own_save():
+            # save() is overridden: history goes through it, after this transaction
+            # (copies: the records are read now, as promised, and saved later).
+            after, finished = [r.model_copy() for r in finished], ()
         fast = self._fast(self._backend.engine.dialect)
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
@@ -145,7 +151,10 @@ class SqlCoordinator:
                 both = fast.accept_and_update(accepted, owner, until, running)
                 if both is not None:
                     what = f"accepting {len(accepted)} and starting {len(running)} tasks"
-                    return list(await self._write(both, what))
+                    added = list(await self._write(both, what))
+                    if after:
+                        await self._backend.save(after)
+                    return added
         insert = None
         if accepted:
             insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
@@ -153,8 +162,10 @@ class SqlCoordinator:
         if running:
             then.append(self._update_work(running))
         if finished:
-            then.append(self._backend._save_work(finished)[1])
+            then.append(self._backend._save_work(finished, finished_pending)[1])
         if insert is None and not then:
+            if after:
+                await self._backend.save(after)
             return []
 
         async def work(conn: AsyncConnection) -> list[str]:
@@ -167,7 +178,10 @@ class SqlCoordinator:
             f"writing {len(accepted)} accepted, {len(running)} started and {len(finished)} "
             f"finished tasks"
         )
-        return list(await self._write(work, what))
+        added = list(await self._write(work, what))
+        if after:
+            await self._backend.save(after)
+        return added
 
     def _fast(self, dialect: Dialect) -> PendingWrites | None:
         """The driver-level pending-store writes for ``dialect``, if its driver has them."""

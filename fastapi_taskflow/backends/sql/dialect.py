@@ -47,7 +47,7 @@ def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> Asyn
         else:
             _make_parent_dir(url)
     else:
-        options["pool_pre_ping"] = True
+        options["pool_pre_ping"] = is_mysql(name)
         if is_mysql(name):
             options["pool_recycle"] = 3600
             # Fewer gap locks than REPEATABLE READ, so concurrent upserts rarely deadlock.
