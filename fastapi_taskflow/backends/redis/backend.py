@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -65,6 +65,8 @@ class RedisBackend(SnapshotBackend):
     Records are only as durable as the server: without AOF or RDB persistence configured
     on Redis, history and pending work do not survive a Redis restart.
     """
+
+    _reads_records_on_call = True  # save() encodes every record before it awaits
 
     def __init__(
         self,
@@ -151,14 +153,35 @@ class RedisBackend(SnapshotBackend):
         set, not per record) and encoded once, which keeps the client, where a pipeline
         spends its time, cheap.
         """
+        return await self._save_records(records, None)
+
+    def _own_save(self) -> bool:
+        """False when :meth:`save` is overridden or wrapped (it must then see every write)."""
+        return getattr(self.save, "__func__", None) is RedisBackend.save
+
+    async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
+        if not self._own_save():
+            return await self.save(records)
+        return await self._save_records(records, pending_ids)
+
+    async def _save_records(
+        self, records: list[TaskRecord], pending_ids: Collection[str] | None
+    ) -> int:
+        """:meth:`save`; only ``pending_ids`` (all when ``None``) may be in the pending store.
+        Every record is read before the first await (see ``_reads_records_on_call``)."""
         latest = list({r.task_id: r for r in records}.values())
-        for part in chunks(latest, TX_RECORDS):
-            await self._save_transaction(part)
+        writes = [self._transaction(part, pending_ids) for part in chunks(latest, TX_RECORDS)]
+        for write in writes:
+            await write()
         if records and self.history_ttl_s is not None:
             await self._prune()
         return len(records)
 
-    async def _save_transaction(self, records: Sequence[TaskRecord]) -> None:
+    def _transaction(
+        self, records: Sequence[TaskRecord], pending_ids: Collection[str] | None
+    ) -> Callable[[], Awaitable[None]]:
+        """The MULTI/EXEC transaction that saves ``records`` (read now, written when
+        awaited)."""
         keys = self._keys
         payloads: list[str] = []
         shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
@@ -176,20 +199,31 @@ class RedisBackend(SnapshotBackend):
             for key in keys.shape_indexes(found):
                 adds[key] += pairs
             stale[found[:2]] += pairs[1::2]
-        client = self._require()
-        with self._errors("save"):
-            async with client.pipeline(transaction=True) as pipe:
-                # A re-saved task may have changed status: drop it from the other statuses.
-                for (status, func_name), members in stale.items():
-                    others = keys.other_statuses(status, func_name)
-                    pipe.eval(UNINDEX, len(others), *others, *members)
-                pipe.execute_command("MSET", *payloads)
-                for key, pairs in adds.items():
-                    pipe.execute_command("ZADD", key, *pairs)
-                self._unpend(pipe, [r.task_id for r in records])
-                if succeeded:
-                    pipe.execute_command("ZADD", keys.keyed_success, *succeeded)
-                await pipe.execute()
+        # The pending-store cleanup (which also clears the keyed-success entry a re-saved
+        # task may hold) for the tasks that may need it: written ahead, adopted or keyed.
+        pended = [
+            r.task_id
+            for r in records
+            if pending_ids is None or r.task_id in pending_ids or r.idempotency_key is not None
+        ]
+
+        async def write() -> None:
+            client = self._require()
+            with self._errors("save"):
+                async with client.pipeline(transaction=True) as pipe:
+                    # A re-saved task may have changed status: drop it from the others.
+                    for (status, func_name), members in stale.items():
+                        others = keys.other_statuses(status, func_name)
+                        pipe.eval(UNINDEX, len(others), *others, *members)
+                    pipe.execute_command("MSET", *payloads)
+                    for key, pairs in adds.items():
+                        pipe.execute_command("ZADD", key, *pairs)
+                    self._unpend(pipe, pended)
+                    if succeeded:
+                        pipe.execute_command("ZADD", keys.keyed_success, *succeeded)
+                    await pipe.execute()
+
+        return write
 
     def _unpend(self, pipe: Pipeline, task_ids: Sequence[str]) -> None:
         """Queue the removal of ``task_ids`` from the pending store (with their leases and
