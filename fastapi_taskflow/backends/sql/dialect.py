@@ -47,6 +47,9 @@ def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> Asyn
         else:
             _make_parent_dir(url)
     else:
+        # No pre-ping on PostgreSQL: on asyncpg it costs three round trips per transaction,
+        # and a connection found dead is retried anyway (transaction.py, is_transient).
+        # MySQL keeps it: its server closes idle connections (wait_timeout).
         options["pool_pre_ping"] = is_mysql(name)
         if is_mysql(name):
             options["pool_recycle"] = 3600
