@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import logging
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -270,23 +270,13 @@ class Flusher:
         if not (accepting or starting):  # history alone: SnapshotBackend.save, as always
             return 0
         finished = list(itertools.islice(self._dirty.values(), self._batch_size * history))
-        for record in finished:
-            del self._dirty[record.task_id]
-            self._saving[record.task_id] = record
-        try:
+        with self._writing(finished):
             added = await writer.write_cycle(
                 [job.record for job, _, _ in accepting if not job.record.status.is_terminal],
                 owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
                 running=[record for record, _ in starting], finished=finished,
                 finished_pending=self._pending_of(finished),
             )  # fmt: skip
-        except BaseException:
-            for record in finished:  # keep what failed, unless a newer copy arrived
-                self._dirty.setdefault(record.task_id, record)
-            raise
-        finally:
-            self._saving.clear()
-        self._saved(finished)
         self._settle_accepted(accepting, set(added))
         self._settle_started(starting)
         return len(finished)
@@ -296,12 +286,25 @@ class Flusher:
         no_pending = self._no_pending
         return {r.task_id for r in records if r.task_id not in no_pending}
 
-    def _saved(self, records: Sequence[TaskRecord]) -> None:
-        """Forget the hints of written records (unless a newer copy is buffered)."""
+    @contextlib.contextmanager
+    def _writing(self, records: list[TaskRecord]) -> Iterator[None]:
+        """Move ``records`` from the buffer to the write in flight for the body; put them
+        back if it fails (unless a newer copy arrived), forget their hints if it succeeds."""
+        for record in records:
+            del self._dirty[record.task_id]
+            self._saving[record.task_id] = record
+        try:
+            yield
+        except BaseException:
+            for record in records:
+                self._dirty.setdefault(record.task_id, record)
+            raise
+        finally:
+            self._saving.clear()
         if self._no_pending:
             dirty, no_pending = self._dirty, self._no_pending
             for record in records:
-                if record.task_id not in dirty:
+                if record.task_id not in dirty:  # (a newer copy keeps its own hint)
                     no_pending.discard(record.task_id)
 
     async def flush(self) -> int:
@@ -335,22 +338,12 @@ class Flusher:
                 await self._started_batch()
             while self._dirty and not later:
                 batch = list(self._dirty.values())[: self._batch_size]
-                for record in batch:
-                    del self._dirty[record.task_id]
-                    self._saving[record.task_id] = record
-                try:
-                    backend = self._backend
+                backend = self._backend
+                with self._writing(batch):
                     copies = (
                         batch if backend._reads_records_on_call else [r.model_copy() for r in batch]
                     )
                     await backend._save_history(copies, self._pending_of(batch))
-                except BaseException:
-                    for record in batch:  # keep what failed, unless a newer copy arrived
-                        self._dirty.setdefault(record.task_id, record)
-                    raise
-                finally:
-                    self._saving.clear()
-                self._saved(batch)
                 written += len(batch)
         self.written += written
         return written
