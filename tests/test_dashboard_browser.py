@@ -173,6 +173,8 @@ class Watch:
     requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+    confirm: int = 0  # confirmations a test expects: accepted and kept in `confirmed`
+    confirmed: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         foreign = [url for url in self.requests if not url.startswith(self.origin + "/")]
@@ -198,6 +200,11 @@ async def new_page(browser: Browser, site: Site) -> tuple[Page, Watch]:
     page.on("console", on_console)
 
     async def on_dialog(dialog: Any) -> None:
+        if watch.confirm and dialog.type == "confirm":
+            watch.confirm -= 1
+            watch.confirmed.append(dialog.message)
+            await dialog.accept()
+            return
         watch.dialogs.append(dialog.message)
         await dialog.dismiss()
 
@@ -287,6 +294,39 @@ async def test_retry_and_cancel_from_the_page(open_page: Page, open_site: Site) 
     await expect(row(open_page, slow)).to_have_attribute("data-status", "cancelled")
     record = await manager.history.get(slow)
     assert record is not None and record.status.value == "cancelled"
+
+
+async def test_delete_from_the_page(browser: Browser, open_site: Site) -> None:
+    manager = open_site.manager
+    open_page, watch = await new_page(browser, open_site)
+    await open_page.goto(f"{open_site.url}/tasks/dashboard")
+    await expect(open_page.locator("#live")).to_have_attribute("data-state", "live")
+    kept = await manager.enqueue(sleeper, 0)
+    doomed = await manager.enqueue(sleeper, 0)
+    await expect(row(open_page, doomed)).to_have_attribute("data-status", "success")
+    await expect(row(open_page, kept)).to_have_attribute("data-status", "success")
+    await row(open_page, doomed).click()
+    watch.confirm = 1
+    await open_page.locator("#detail-delete").click()
+    await expect(row(open_page, doomed)).to_have_count(0)
+    await expect(open_page.locator("#detail")).to_be_hidden()
+    await expect(row(open_page, kept)).to_have_count(1)
+    assert len(watch.confirmed) == 1 and "cannot be undone" in watch.confirmed[0]
+    assert await manager.history.get(doomed) is None
+    # still gone after a reload: it was deleted from the store, not just from the page
+    await open_page.reload()
+    await expect(open_page.locator("body")).to_have_attribute("data-ready", "true")
+    await expect(row(open_page, kept)).to_have_count(1)
+    await expect(row(open_page, doomed)).to_have_count(0)
+
+    running = await manager.enqueue(sleeper, 30)  # live tasks offer cancel, not delete
+    await expect(row(open_page, running)).to_have_attribute("data-status", "running")
+    await row(open_page, running).click()
+    await expect(open_page.locator("#detail-cancel")).to_be_visible()
+    await expect(open_page.locator("#detail-delete")).to_have_count(0)
+    await manager.cancel(running)
+    await open_page.context.close()
+    watch.check()
 
 
 async def test_bulk_retry_and_replay_failed(open_page: Page, open_site: Site) -> None:
@@ -450,6 +490,7 @@ async def test_read_only_user_sees_tasks_but_no_actions(browser: Browser, auth_s
     await row(page, task_id).click()
     await expect(page.locator("#detail-error")).to_be_visible()
     await expect(page.locator("#detail-retry")).to_have_count(0)
+    await expect(page.locator("#detail-delete")).to_have_count(0)
     await expect(page.locator("#retry-selected")).to_be_hidden()
     # Even a hand-made request with the page's own CSRF token is refused.
     status = await page.evaluate(

@@ -129,7 +129,14 @@ async function main() {
     if (error.status !== 401) toast(`Could not load the dashboard: ${error.message}`, { error: true });
     return;
   }
-  const detail = new DetailPanel({ canAct: session.can_act, onClose: () => table.setActive(null) });
+  const detail = new DetailPanel({
+    canAct: session.can_act,
+    onClose: () => table.setActive(null),
+    onDeleted: (taskId) => {
+      table.forget(taskId);
+      refreshMetrics();
+    },
+  });
   const table = new TaskTable({
     onOpen: (taskId) => {
       table.setActive(taskId);

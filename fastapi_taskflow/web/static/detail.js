@@ -95,9 +95,10 @@ function logTable(logs) {
 }
 
 export class DetailPanel {
-  constructor({ canAct, onClose }) {
+  constructor({ canAct, onClose, onDeleted }) {
     this.canAct = canAct;
     this.onClose = onClose;
+    this.onDeleted = onDeleted;
     this.panel = document.getElementById("detail");
     this.body = document.getElementById("detail-body");
     this.title = document.getElementById("detail-title");
@@ -156,7 +157,30 @@ export class DetailPanel {
       cancel.addEventListener("click", () => this.act(cancel, "cancel"));
       buttons.push(cancel);
     }
+    if (!CANCELLABLE.has(task.status)) {
+      const remove = h("button", { type: "button", class: "danger", id: "detail-delete" }, "Delete");
+      remove.addEventListener("click", () => this.remove(remove));
+      buttons.push(remove);
+    }
     return buttons.length ? h("div", { class: "detail-actions" }, buttons) : null;
+  }
+
+  /** Delete the finished task shown (after the user confirms): from every view and store. */
+  async remove(button) {
+    const taskId = this.taskId;
+    if (!window.confirm("Delete this task and its history? This cannot be undone.")) return;
+    button.disabled = true;
+    try {
+      await api(`/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+    } catch (error) {
+      toast(`Delete failed: ${error.message}`, { error: true });
+      button.disabled = false;
+      await this.refresh();
+      return;
+    }
+    toast("Task deleted");
+    if (taskId === this.taskId) this.close();
+    this.onDeleted(taskId);
   }
 
   async act(button, action) {

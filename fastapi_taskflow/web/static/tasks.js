@@ -212,6 +212,16 @@ export class TaskTable {
     this.updatePager();
   }
 
+  /** Take a deleted task's row off the page. */
+  forget(taskId) {
+    const entry = this.rows.get(taskId);
+    if (!entry) return;
+    entry.tr.remove();
+    this.rows.delete(taskId);
+    this.selected.delete(taskId);
+    this.updateSelection();
+  }
+
   updatePager() {
     const first = this.cursors.length === 1;
     this.empty.hidden = this.rows.size > 0;
