@@ -338,12 +338,8 @@ class Flusher:
                 await self._started_batch()
             while self._dirty and not later:
                 batch = list(self._dirty.values())[: self._batch_size]
-                backend = self._backend
                 with self._writing(batch):
-                    copies = (
-                        batch if backend._reads_records_on_call else [r.model_copy() for r in batch]
-                    )
-                    await backend._save_history(copies, self._pending_of(batch))
+                    await self._backend._save_history(batch, self._pending_of(batch))
                 written += len(batch)
         self.written += written
         return written

@@ -231,19 +231,21 @@ async def test_an_unsaved_record_deleted_is_never_written(
 # --------------------------------------------------------------------------- two instances
 
 
+def two_instances(factory: BackendFactory, **admin: Any) -> tuple[list[TaskManager], list[FastAPI]]:
+    """Managers "a" and "b" on one backend, each with an app and its TaskAdmin."""
+    managers = [manager(factory, instance_id=name) for name in ("a", "b")]
+    apps = [FastAPI(), FastAPI()]
+    for tm, app in zip(managers, apps, strict=True):
+        TaskAdmin(app, tm, **admin)
+    return managers, apps
+
+
 async def test_a_deletion_by_one_instance_holds_on_the_other(
     make_backend: BackendFactory,  # noqa: F811
 ) -> None:
-    apps: list[FastAPI] = []
-    managers: list[TaskManager] = []
-    for name in ("a", "b"):
-        tm = manager(make_backend, instance_id=name)
+    (a, b), apps = two_instances(make_backend, display_func_args=True)
+    for tm in (a, b):
         tm.task(name="fail")(fail)
-        app = FastAPI()
-        TaskAdmin(app, tm, display_func_args=True)
-        apps.append(app)
-        managers.append(tm)
-    a, b = managers
     async with serve(apps[0]) as api_a, serve(apps[1]) as api_b:
         ok = await b.enqueue(asyncio.sleep, 0)
         bad = await b.enqueue(fail, 1)
@@ -290,23 +292,15 @@ async def test_the_key_of_a_task_deleted_on_one_instance_is_free_on_the_other(
     async def charge(n: int) -> None:
         runs.append(n)
 
-    apps: list[FastAPI] = []
-    managers: list[TaskManager] = []
-    for name in ("a", "b"):
-        tm = manager(make_backend, instance_id=name)
+    (a, b), apps = two_instances(make_backend, auto_install=True)
+    for tm, app in zip((a, b), apps, strict=True):
         tm.task(name="charge", persist=True)(charge)
-        app = FastAPI()
-        TaskAdmin(app, tm, auto_install=True)
 
         @app.post("/charge")
         async def charge_route(
             n: int, key: str, background_tasks: BackgroundTasks
         ) -> dict[str, str]:
             return {"task_id": background_tasks.add_task(charge, n, idempotency_key=key)}
-
-        apps.append(app)
-        managers.append(tm)
-    a, b = managers
 
     async def add_on_b(n: int, key: str) -> str:
         response = await api_b.post("/charge", params={"n": n, "key": key})
@@ -357,15 +351,7 @@ async def test_the_key_of_a_task_deleted_on_one_instance_is_free_on_the_other(
 async def test_cancel_and_wait_do_not_see_a_task_deleted_on_another_instance(
     make_backend: BackendFactory,  # noqa: F811
 ) -> None:
-    apps: list[FastAPI] = []
-    managers: list[TaskManager] = []
-    for name in ("a", "b"):
-        tm = manager(make_backend, instance_id=name)
-        app = FastAPI()
-        TaskAdmin(app, tm)
-        apps.append(app)
-        managers.append(tm)
-    a, b = managers
+    (a, b), apps = two_instances(make_backend)
     async with serve(apps[0]), serve(apps[1]) as api_b:
         ids = [await b.enqueue(asyncio.sleep, 0) for _ in range(3)]
         for task_id in ids:

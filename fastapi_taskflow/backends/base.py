@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._models import FunctionStats, TaskFilter, TaskPage, TaskRecord
 
@@ -125,21 +125,24 @@ class SnapshotBackend(abc.ABC):
     ``clear_pending``) are kept apart: separate tables or key namespaces.
     """
 
-    # True when save() reads every record it is given before its first await, so the
-    # flusher can pass the live records instead of copies (a task retried while a write
-    # is in flight would otherwise change what is being written). Custom backends get
-    # copies.
-    _reads_records_on_call: ClassVar[bool] = False
-
     @abc.abstractmethod
     async def save(self, records: list[TaskRecord]) -> int:
         """Upsert completed records into history; return how many were written."""
 
     async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
-        """:meth:`save`, told which records may have a row in the pending store (the others
-        were never written ahead or adopted). The flusher calls this; the SQL backend uses
-        the hint to skip deletes that would find nothing."""
-        return await self.save(records)
+        """How the flusher saves: :meth:`save`, told which records may have a row in the
+        pending store (the others were never written ahead or adopted).
+
+        ``records`` are the live ones. This default gives :meth:`save` copies, since it may
+        await before reading them and a task retried meanwhile would change what is
+        written; the built-in backends, whose ``save`` reads at once, skip the copy and use
+        the hint (unless their ``save`` is overridden, which then sees every write)."""
+        return await self.save([record.model_copy() for record in records])
+
+    def _save_is_native(self, cls: type[SnapshotBackend]) -> bool:
+        """Whether :meth:`save` is ``cls.save`` itself: not overridden in a subclass, nor
+        wrapped on this instance."""
+        return getattr(self.save, "__func__", None) is cls.save
 
     @abc.abstractmethod
     async def load(self) -> list[TaskRecord]:

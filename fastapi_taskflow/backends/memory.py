@@ -28,8 +28,6 @@ class MemoryBackend(SnapshotBackend):
     with no database.
     """
 
-    _reads_records_on_call = True  # save() deep-copies at once
-
     def __init__(self) -> None:
         self.history_records: dict[str, TaskRecord] = {}
         self.pending_records: dict[str, TaskRecord] = {}

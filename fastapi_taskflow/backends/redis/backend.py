@@ -66,8 +66,6 @@ class RedisBackend(SnapshotBackend):
     on Redis, history and pending work do not survive a Redis restart.
     """
 
-    _reads_records_on_call = True  # save() encodes every record before it awaits
-
     def __init__(
         self,
         url: str,
@@ -155,20 +153,16 @@ class RedisBackend(SnapshotBackend):
         """
         return await self._save_records(records, None)
 
-    def _own_save(self) -> bool:
-        """False when :meth:`save` is overridden or wrapped (it must then see every write)."""
-        return getattr(self.save, "__func__", None) is RedisBackend.save
-
     async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
-        if not self._own_save():
-            return await self.save(records)
+        if not self._save_is_native(RedisBackend):
+            return await super()._save_history(records, pending_ids)
         return await self._save_records(records, pending_ids)
 
     async def _save_records(
         self, records: list[TaskRecord], pending_ids: Collection[str] | None
     ) -> int:
         """:meth:`save`; only ``pending_ids`` (all when ``None``) may be in the pending store.
-        Every record is read before the first await (see ``_reads_records_on_call``)."""
+        Every record is read before the first await (the flusher passes live records)."""
         latest = list({r.task_id: r for r in records}.values())
         writes = [self._transaction(part, pending_ids) for part in chunks(latest, TX_RECORDS)]
         for write in writes:

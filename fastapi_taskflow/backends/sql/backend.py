@@ -47,8 +47,6 @@ class SqlBackend(SnapshotBackend):
     ``engine_kwargs`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
 
-    _reads_records_on_call = True  # save() builds its rows before it awaits
-
     #: Backend names (``URL.get_backend_name()``) this class accepts; empty means all.
     dialects: ClassVar[tuple[str, ...]] = ()
 
@@ -151,13 +149,11 @@ class SqlBackend(SnapshotBackend):
         return count
 
     def _own_save(self) -> bool:
-        """False when :meth:`save` is overridden or wrapped: then every history write goes
-        through it (a subclass that audits or mirrors saves must see them all)."""
-        return getattr(self.save, "__func__", None) is SqlBackend.save
+        return self._save_is_native(SqlBackend)
 
     async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
         if not self._own_save():
-            return await self.save(records)
+            return await super()._save_history(records, pending_ids)
         if not records:
             return 0
         count, work = self._save_work(records, pending_ids)

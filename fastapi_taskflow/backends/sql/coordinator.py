@@ -137,11 +137,27 @@ class SqlCoordinator:
         ids added), :meth:`update` ``running`` and save ``finished`` to history (which
         removes them from the pending store), as the three calls would, at the cost of one
         commit instead of three. The records are read before this returns control."""
-        after: list[TaskRecord] = []
         if finished and not self._backend._own_save():
             # save() is overridden: history goes through it, after this transaction
-            # (copies: the records are read now, as promised, and saved later).
-            after, finished = [r.model_copy() for r in finished], ()
+            # (copied now: the records are read before this returns control).
+            later = [r.model_copy() for r in finished]
+            added = await self._write_cycle(accepted, owner, lease_s, key_ttl_s, running, (), None)
+            await self._backend.save(later)
+            return added
+        return await self._write_cycle(
+            accepted, owner, lease_s, key_ttl_s, running, finished, finished_pending
+        )
+
+    async def _write_cycle(
+        self,
+        accepted: Sequence[TaskRecord],
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        running: Sequence[TaskRecord],
+        finished: Sequence[TaskRecord],
+        finished_pending: Collection[str] | None,
+    ) -> list[str]:
         fast = self._fast(self._backend.engine.dialect)
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
@@ -151,10 +167,7 @@ class SqlCoordinator:
                 both = fast.accept_and_update(accepted, owner, until, running)
                 if both is not None:
                     what = f"accepting {len(accepted)} and starting {len(running)} tasks"
-                    added = list(await self._write(both, what))
-                    if after:
-                        await self._backend.save(after)
-                    return added
+                    return list(await self._write(both, what))
         insert = None
         if accepted:
             insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
@@ -164,8 +177,6 @@ class SqlCoordinator:
         if finished:
             then.append(self._backend._save_work(finished, finished_pending)[1])
         if insert is None and not then:
-            if after:
-                await self._backend.save(after)
             return []
 
         async def work(conn: AsyncConnection) -> list[str]:
@@ -178,10 +189,7 @@ class SqlCoordinator:
             f"writing {len(accepted)} accepted, {len(running)} started and {len(finished)} "
             f"finished tasks"
         )
-        added = list(await self._write(work, what))
-        if after:
-            await self._backend.save(after)
-        return added
+        return list(await self._write(work, what))
 
     def _fast(self, dialect: Dialect) -> PendingWrites | None:
         """The driver-level pending-store writes for ``dialect``, if its driver has them."""

@@ -44,15 +44,7 @@ RETURNING task_id
 # The update cannot see rows the insert adds (one snapshot): callers never mark a task in
 # the cycle that adds it.
 _PG_ACCEPT_AND_UPDATE = f"""
-WITH added AS (
-  INSERT INTO {PENDING} ({_COLUMNS})
-  SELECT t.task_id, t.func_name, t.created_at, t.record::json, $5::varchar, $6::timestamptz,
-         'pending', false
-  FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::text[])
-       AS t(task_id, func_name, created_at, record)
-  ON CONFLICT (task_id) DO NOTHING
-  RETURNING task_id
-), marked AS (
+WITH added AS ({_PG_ACCEPT}), marked AS (
   UPDATE {PENDING} AS p SET status = u.status, record = u.record::json
   FROM unnest($7::varchar[], $8::varchar[], $9::text[]) AS u(task_id, status, record)
   WHERE p.task_id = u.task_id
