@@ -138,6 +138,37 @@ async def test_save_and_load_round_trip_every_field(backend: SqlBackend) -> None
         assert_utc(item)
     got = await backend.history().get("task-full")
     assert got == record
+
+
+AWKWARD = "O'Brien \"q\" back\\slash \\' %s %% %(x)s \n\r\t \x1a 🚀 ümlaut ✓ ' OR 1=1; --"
+
+
+async def test_awkward_strings_and_large_batches_round_trip(backend: SqlBackend) -> None:
+    """Quotes, backslashes, format markers, control and 4-byte characters in every kind of
+    column come back unchanged, and a batch larger than one statement is written whole (on
+    MySQL/MariaDB history rows go as literals, in statements of about a megabyte)."""
+    records = [
+        full_record(
+            f"task-{i:03d}",
+            func_name=f"app.{AWKWARD[:40]}",
+            args=[AWKWARD, ""],
+            kwargs={AWKWARD: AWKWARD},
+            error=AWKWARD,
+            stacktrace=AWKWARD * 2_000 if i % 10 == 0 else "",
+            tags={"note": AWKWARD[:100], "empty": ""},
+            idempotency_key=f"{AWKWARD[:30]}:{i}",
+            queue=AWKWARD[:50],
+            created_at=T0 + timedelta(seconds=i),
+        )
+        for i in range(300)
+    ]  # ~300 KB of stack traces and ~1 MB of rows in all: more than one statement
+    assert await backend.save(records) == 300
+    loaded = {record.task_id: record for record in await backend.load()}
+    assert len(loaded) == 300
+    for record in records:
+        assert loaded[record.task_id] == record
+    page = await backend.history().query(TaskFilter(tags={"note": AWKWARD[:100]}), limit=500)
+    assert len(page.items) == 300
     assert await backend.history().get("nope") is None
 
 
@@ -627,3 +658,21 @@ def test_transient_errors_are_recognised() -> None:
     assert not is_transient(broken)
     assert is_transient(ConnectionRefusedError())
     assert not is_transient(ValueError("x"))
+
+
+def test_mysql_literals_cover_every_value_kind_and_refuse_others() -> None:
+    from fastapi_taskflow.backends.sql.bulk import literal, literal_statements
+
+    assert literal("a'b") == "_utf8mb4 0x" + "a'b".encode().hex()
+    assert literal("") == "''"
+    assert literal(None) == "NULL"
+    assert literal(7) == "7" and literal(True) == "1"
+    assert literal(1.5e-05) == "1.5e-05"
+    assert literal(datetime(2024, 5, 1, 12, 0, 0, 5)) == "'2024-05-01 12:00:00.000005'"
+    with pytest.raises(BackendError, match="non-finite"):
+        literal(float("nan"))
+    with pytest.raises(BackendError, match="no SQL literal for a bytes"):
+        literal(b"x")
+    statements = literal_statements("INSERT INTO t (a) VALUES ", "", [("x" * 300_000,)] * 5)
+    assert len(statements) == 5  # ~600 KB of hex each: one row per statement
+    assert statements[0].startswith("INSERT INTO t (a) VALUES (_utf8mb4 0x7878")
