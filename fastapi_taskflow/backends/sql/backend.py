@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..._errors import ConfigurationError, NotStartedError
 from ..._models import TaskRecord
 from ..base import SnapshotBackend
-from .bulk import BulkStatement
+from .bulk import BulkStatement, JsonInsert
 from .coordinator import SqlCoordinator
 from .dialect import create_engine, in_ids, upsert
 from .migrate import ensure_schema
@@ -22,6 +23,7 @@ from .records import (
     BulkEncoder,
     from_history_row,
     from_pending_row,
+    history_documents,
     history_values,
     latest_by_id,
     pending_rows,
@@ -174,8 +176,8 @@ class SqlBackend(SnapshotBackend):
         ids = [r.task_id for r in batch]
         dialect = engine.dialect.name
 
-        rows = history_values(batch, bulk.timestamps)
-        tags = tag_values(batch, bulk.timestamps)
+        write_history = bulk.history_writer(batch)
+        write_tags = bulk.tags_writer(batch)
 
         # A task's tags are fixed when it is added (a retry keeps them), so only the tag
         # rows of tagged records can need replacing; an untagged record never had any.
@@ -183,11 +185,11 @@ class SqlBackend(SnapshotBackend):
         pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
 
         async def work(conn: AsyncConnection) -> None:
-            await bulk.history.executemany(conn, rows)
+            await write_history(conn)
             for matching in in_ids(history_tags.c.task_id, tagged, dialect) if tagged else ():
                 await conn.execute(sa.delete(history_tags).where(matching))
-            if tags:
-                await bulk.tags.executemany(conn, tags)
+            if write_tags is not None:
+                await write_tags(conn)
             # A terminal record in history completes the task: it leaves the pending store.
             for matching in in_ids(pending.c.task_id, pended, dialect) if pended else ():
                 await conn.execute(sa.delete(pending).where(matching))
@@ -259,16 +261,41 @@ class SqlBackend(SnapshotBackend):
         await self._writes.run(self.engine, work, "clearing pending tasks")
 
 
+TAG_COLUMNS = ("task_id", "key", "value", "created_at")
+
+
 class _BulkWriters:
-    """The bulk statements and timestamp encoder of one engine's dialect."""
+    """The bulk writes of history and its tag index for one engine's dialect."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         dialect = engine.dialect
-        self.history = BulkStatement(upsert(history, dialect.name), dialect, HISTORY_COLUMNS)
-        self.tags = BulkStatement(
-            sa.insert(history_tags), dialect, ("task_id", "key", "value", "created_at")
-        )
         self.timestamps: BulkEncoder = UTCDateTime().bulk_processor(dialect)
+        self._json_history: JsonInsert | None = None
+        self._json_tags: JsonInsert | None = None
+        if dialect.name == "postgresql" and dialect.driver == "asyncpg":
+            self._json_history = JsonInsert(history, dialect, HISTORY_COLUMNS, update=True)
+            self._json_tags = JsonInsert(history_tags, dialect, TAG_COLUMNS, update=False)
+        self._history = BulkStatement(upsert(history, dialect.name), dialect, HISTORY_COLUMNS)
+        self._tags = BulkStatement(sa.insert(history_tags), dialect, TAG_COLUMNS)
+
+    def history_writer(self, batch: Sequence[TaskRecord]) -> Work[None]:
+        """The write of ``batch`` (one record per id) into history; records read now."""
+        if self._json_history is not None:
+            return functools.partial(self._json_history.execute, documents=history_documents(batch))
+        return functools.partial(
+            self._history.executemany, rows=history_values(batch, self.timestamps)
+        )
+
+    def tags_writer(self, batch: Sequence[TaskRecord]) -> Work[None] | None:
+        """The insert of the tag rows of ``batch`` (None without tags); records read now."""
+        rows = tag_values(batch, self.timestamps)
+        if not rows:
+            return None
+        if self._json_tags is not None:
+            return functools.partial(
+                self._json_tags.execute, documents=self._json_tags.documents(rows)
+            )
+        return functools.partial(self._tags.executemany, rows=rows)
 
 
 class SqliteBackend(SqlBackend):

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Json, TypeAdapter
 
 from ..._models import TaskRecord
+from .bulk import JSON_BATCH
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
 
 _TIMESTAMPS = ("created_at", "start_time", "end_time", "updated_at")
@@ -31,6 +32,18 @@ _DOCUMENTS: TypeAdapter[list[Any]] = TypeAdapter(list[Json[Any]])
 
 def _documents(values: list[Any]) -> list[str]:
     return _DOCUMENTS.dump_python(values, round_trip=True, fallback=repr)  # type: ignore[no-any-return]
+
+
+_RECORDS: TypeAdapter[list[TaskRecord]] = TypeAdapter(list[TaskRecord])
+
+
+def history_documents(records: Sequence[TaskRecord]) -> list[str]:
+    """The records as JSON arrays of objects (at most ``JSON_BATCH`` each), field names as
+    keys: what ``json_populate_recordset`` makes history rows of (PostgreSQL)."""
+    return [
+        _RECORDS.dump_json(list(records[start : start + JSON_BATCH]), fallback=repr).decode()
+        for start in range(0, len(records), JSON_BATCH)
+    ]
 
 
 def history_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple[Any, ...]]:
