@@ -913,3 +913,15 @@ async def test_coordination_matches_the_memory_reference(backend: RedisBackend) 
         statuses = [await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,))) for _, c in pairs]
         assert statuses[0] == statuses[1], step
     assert created > 60 and len(views[0].items) > 20
+
+
+async def test_save_recovers_when_the_server_closed_its_connection(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """History writes use a connection of their own; one the server has closed (idle
+    timeout, restart, CLIENT KILL) is replaced without failing the save."""
+    await backend.save([full_record("before")])
+    killed = await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    await backend.save([full_record("after")])
+    assert await raw.exists("tf:h:rec:before", "tf:h:rec:after") == 2

@@ -663,7 +663,7 @@ def test_transient_errors_are_recognised() -> None:
 def test_mysql_literals_cover_every_value_kind_and_refuse_others() -> None:
     from fastapi_taskflow.backends.sql.bulk import literal, literal_statements
 
-    assert literal("a'b") == "_utf8mb4 0x" + "a'b".encode().hex()
+    assert literal("a'b") == "_utf8mb4 0x" + b"a'b".hex()
     assert literal("") == "''"
     assert literal(None) == "NULL"
     assert literal(7) == "7" and literal(True) == "1"

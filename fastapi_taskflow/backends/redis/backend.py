@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from pydantic import TypeAdapter
+
 from ... import _cursor
 from ..._errors import BackendError, ConfigurationError, MissingDriverError, NotStartedError
 from ..._models import TaskRecord, TaskStatus
@@ -25,9 +27,13 @@ from ._common import (
     parse,
 )
 from ._keys import Keys, Shape, shape
+from ._raw import RawTransactions, command
 from .coordinator import RedisCoordinator
 from .repository import RedisHistoryRepository
 from .scripts import UNINDEX, UNPEND, Scripts
+
+_UNINDEX, _UNPEND = UNINDEX.encode(), UNPEND.encode()
+_RECORD: TypeAdapter[TaskRecord] = TypeAdapter(TaskRecord)
 
 try:
     from redis import asyncio as aioredis
@@ -96,6 +102,7 @@ class RedisBackend(SnapshotBackend):
         self._given_client = client
         self._client: aioredis.Redis | None = None
         self._scripts: Scripts | None = None
+        self._raw_writes: RawTransactions | None = None
         self._repository = RedisHistoryRepository(self)
         self._coordinator = RedisCoordinator(self)
 
@@ -120,10 +127,15 @@ class RedisBackend(SnapshotBackend):
             ) from exc
         self._client = client
         self._scripts = Scripts.register(client)
+        self._raw_writes = RawTransactions(client)
 
     async def close(self) -> None:
         """Close the client this backend created (a client passed in stays open)."""
         client, self._client, self._scripts = self._client, None, None
+        raw, self._raw_writes = self._raw_writes, None
+        if raw is not None:
+            with self._errors("close"):
+                await raw.close()
         if client is not None and self._given_client is None:
             with self._errors("close"):
                 await client.aclose()
@@ -177,45 +189,47 @@ class RedisBackend(SnapshotBackend):
         """The MULTI/EXEC transaction that saves ``records`` (read now, written when
         awaited)."""
         keys = self._keys
-        payloads: list[str] = []
+        payloads: list[bytes] = []
         shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
-        succeeded: list[str] = []  # keyed tasks that succeeded: end_time, id pairs
+        succeeded: list[bytes] = []  # keyed tasks that succeeded: end_time, id pairs
+        dump = _RECORD.dump_json
         for record in records:
-            payloads += (keys.record(record.task_id), record.model_dump_json())
-            pair = (str(micros(record.created_at)).encode(), record.task_id.encode())
+            task_id = record.task_id.encode()
+            payloads += (keys.record(record.task_id).encode(), dump(record))
+            pair = (str(micros(record.created_at)).encode(), task_id)
             shapes[shape(record)] += pair
             if record.idempotency_key is not None and record.status == TaskStatus.SUCCESS:
                 finished = micros(record.end_time or record.created_at)
-                succeeded += (str(finished), record.task_id)
+                succeeded += (str(finished).encode(), task_id)
         adds: dict[str, list[bytes]] = defaultdict(list)
         stale: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         for found, pairs in shapes.items():
             for key in keys.shape_indexes(found):
                 adds[key] += pairs
             stale[found[:2]] += pairs[1::2]
+        commands: list[bytes] = []
+        for (status, func_name), members in stale.items():
+            # A re-saved task may have changed status: drop it from the others.
+            others = [key.encode() for key in keys.other_statuses(status, func_name)]
+            commands.append(command(b"EVAL", _UNINDEX, b"%d" % len(others), *others, *members))
+        commands.append(command(b"MSET", *payloads))
+        commands += [command(b"ZADD", key.encode(), *pairs) for key, pairs in adds.items()]
         # The pending-store cleanup (which also clears the keyed-success entry a re-saved
         # task may hold) for the tasks that may need it: written ahead, adopted or keyed.
         pended = [
-            r.task_id
+            r.task_id.encode()
             for r in records
             if pending_ids is None or r.task_id in pending_ids or r.idempotency_key is not None
         ]
+        if pended:
+            touched = [key.encode() for key in (*keys.pending_store(), keys.keyed_success)]
+            commands.append(command(b"EVAL", _UNPEND, b"%d" % len(touched), *touched, *pended))
+        if succeeded:
+            commands.append(command(b"ZADD", keys.keyed_success.encode(), *succeeded))
 
         async def write() -> None:
-            client = self._require()
             with self._errors("save"):
-                async with client.pipeline(transaction=True) as pipe:
-                    # A re-saved task may have changed status: drop it from the others.
-                    for (status, func_name), members in stale.items():
-                        others = keys.other_statuses(status, func_name)
-                        pipe.eval(UNINDEX, len(others), *others, *members)
-                    pipe.execute_command("MSET", *payloads)
-                    for key, pairs in adds.items():
-                        pipe.execute_command("ZADD", key, *pairs)
-                    self._unpend(pipe, pended)
-                    if succeeded:
-                        pipe.execute_command("ZADD", keys.keyed_success, *succeeded)
-                    await pipe.execute()
+                await self._raw().run(commands)
 
         return write
 
@@ -343,6 +357,11 @@ class RedisBackend(SnapshotBackend):
                 "(TaskManager.startup() does this)"
             )
         return self._client
+
+    def _raw(self) -> RawTransactions:
+        self._require()
+        assert self._raw_writes is not None
+        return self._raw_writes
 
     def _require_scripts(self) -> Scripts:
         self._require()
