@@ -95,8 +95,11 @@ class BulkStatement:
     async def executemany(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run the statement once per row on ``conn``, in batches of bounded size."""
         if self._literal is not None:
-            for sql in literal_statements(*self._literal, rows):
+            statements, oversized = literal_statements(*self._literal, rows)
+            for sql in statements:
                 await conn.exec_driver_sql(sql)
+            for row in oversized:  # (hex doubles a text: such a row goes escaped, alone)
+                await conn.exec_driver_sql(self.sql, [row])
             return
         for start in range(0, len(rows), ROWS_PER_EXECUTE):
             await conn.exec_driver_sql(self.sql, list(rows[start : start + ROWS_PER_EXECUTE]))
@@ -129,13 +132,20 @@ def literal(value: Any) -> str:
     raise BackendError(f"no SQL literal for a {kind.__name__} value")
 
 
-def literal_statements(before: str, after: str, rows: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Multi-row ``before (…), (…) after`` statements of about a megabyte at most."""
+def literal_statements(
+    before: str, after: str, rows: Sequence[tuple[Any, ...]]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Multi-row ``before (…), (…) after`` statements of about a megabyte at most, and the
+    rows too large to go in one (to be sent with parameters instead)."""
     statements: list[str] = []
+    oversized: list[tuple[Any, ...]] = []
     chunk: list[str] = []
     size = 0
     for row in rows:
         text = "(" + ",".join([literal(value) for value in row]) + ")"
+        if len(text) > LITERAL_STATEMENT_BYTES:
+            oversized.append(row)
+            continue
         if chunk and size + len(text) > LITERAL_STATEMENT_BYTES:
             statements.append(before + ",".join(chunk) + after)
             chunk, size = [], 0
@@ -143,4 +153,4 @@ def literal_statements(before: str, after: str, rows: Sequence[tuple[Any, ...]])
         size += len(text) + 1
     if chunk:
         statements.append(before + ",".join(chunk) + after)
-    return statements
+    return statements, oversized

@@ -37,13 +37,29 @@ def _documents(values: list[Any]) -> list[str]:
 _RECORDS: TypeAdapter[list[TaskRecord]] = TypeAdapter(list[TaskRecord])
 
 
+# Bytes per JSON document at most (unless one record is larger): PostgreSQL takes up to
+# 1 GB in one value, but memory on both sides grows with it.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
 def history_documents(records: Sequence[TaskRecord]) -> list[str]:
-    """The records as JSON arrays of objects (at most ``JSON_BATCH`` each), field names as
-    keys: what ``json_populate_recordset`` makes history rows of (PostgreSQL)."""
-    return [
-        _RECORDS.dump_json(list(records[start : start + JSON_BATCH]), fallback=repr).decode()
-        for start in range(0, len(records), JSON_BATCH)
-    ]
+    """The records as JSON arrays of objects (at most ``JSON_BATCH`` records and, unless a
+    record alone is larger, ``MAX_JSON_BYTES`` each), field names as keys: what
+    ``json_populate_recordset`` makes history rows of (PostgreSQL)."""
+    documents: list[str] = []
+    for start in range(0, len(records), JSON_BATCH):
+        _dump_into(documents, list(records[start : start + JSON_BATCH]))
+    return documents
+
+
+def _dump_into(documents: list[str], records: list[TaskRecord]) -> None:
+    document = _RECORDS.dump_json(records, fallback=repr)
+    if len(document) > MAX_JSON_BYTES and len(records) > 1:  # large records: halve
+        half = len(records) // 2
+        _dump_into(documents, records[:half])
+        _dump_into(documents, records[half:])
+    else:
+        documents.append(document.decode())
 
 
 def history_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple[Any, ...]]:
