@@ -137,6 +137,23 @@ async def test_claim_limit_order_specific_ids_and_reclaim_own(backend: SnapshotB
     assert [r.task_id for r in mine] == ["task-0001"]
 
 
+async def test_update_of_many_and_of_large_records(backend: SnapshotBackend) -> None:
+    """Running marks of a whole batch, one of them with a large document (on MySQL/MariaDB
+    a batch goes in one statement, a record over a megabyte as literals on its own)."""
+    c = coord(backend)
+    await c.accept([rec(n) for n in range(1, 301)], owner="a", lease_s=30, key_ttl_s=60)
+    big = rec(7, status=TaskStatus.RUNNING, error="x'\\" * 200_000)
+    marks = [rec(n, status=TaskStatus.RUNNING, retries_used=n) for n in range(1, 301) if n != 7]
+    await c.update([*marks, big])
+    got = await c.get_live("task-0007")
+    assert got is not None and got.status is TaskStatus.RUNNING and got.error == big.error
+    for n in (1, 150, 300):
+        mark = await c.get_live(f"task-{n:04d}")
+        assert mark is not None and mark.status is TaskStatus.RUNNING and mark.retries_used == n
+    running = await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,)), limit=1000)
+    assert len(running.items) == 300
+
+
 async def test_renew_reports_lost_leases(backend: SnapshotBackend) -> None:
     c = coord(backend)
     await c.accept([rec(1), rec(2)], owner="a", lease_s=0.2, key_ttl_s=60)

@@ -681,6 +681,18 @@ def test_mysql_literals_cover_every_value_kind_and_refuse_others() -> None:
     assert oversized == [("y" * 600_000,)]  # 1.2 MB as hex: sent with parameters
 
 
+def test_mysql_joined_updates_chunk_and_set_aside_large_rows() -> None:
+    from fastapi_taskflow.backends.sql.bulk import joined_updates
+
+    rows = [(f"id{i}", "running", "d" * 200_000) for i in range(5)] + [("big", "x", "e" * 600_000)]
+    statements, oversized = joined_updates("t", "k", ("s", "r"), rows)
+    assert oversized == [rows[-1]]
+    assert len(statements) == 2  # ~400 KB of hex per row, a new statement past a megabyte
+    assert statements[0].startswith("UPDATE t AS t JOIN (SELECT _utf8mb4 0x696430 AS k, ")
+    assert statements[0].count(" UNION ALL SELECT ") == 2
+    assert statements[0].endswith(") AS u ON t.k = u.k SET t.s = u.s, t.r = u.r")
+
+
 def test_postgres_history_documents_split_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 

@@ -154,3 +154,38 @@ def literal_statements(
     if chunk:
         statements.append(before + ",".join(chunk) + after)
     return statements, oversized
+
+
+def joined_updates(
+    table: str, key: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """MySQL/MariaDB: set ``columns`` of many rows in one statement per megabyte or so,
+    ``UPDATE table JOIN (SELECT … UNION ALL SELECT …) ON key``, values as literals. Each of
+    ``rows`` is ``(key, *columns)``; keys not in the table are ignored. Also returns the rows
+    too large to go this way (to be updated with parameters instead).
+
+    The driver's ``executemany`` of an ``UPDATE`` is one round trip per row.
+    """
+    names = (key, *columns)
+    head = f"UPDATE {table} AS t JOIN ("
+    tail = f") AS u ON t.{key} = u.{key} SET " + ", ".join(f"t.{c} = u.{c}" for c in columns)
+    statements: list[str] = []
+    oversized: list[tuple[Any, ...]] = []
+    parts: list[str] = []
+    size = 0
+    for row in rows:
+        values = [literal(value) for value in row]
+        if sum(map(len, values)) > LITERAL_STATEMENT_BYTES:
+            oversized.append(row)
+            continue
+        if parts and size > LITERAL_STATEMENT_BYTES:
+            statements.append(head + " UNION ALL ".join(parts) + tail)
+            parts, size = [], 0
+        if not parts:  # the first SELECT names the columns
+            values = [f"{value} AS {name}" for value, name in zip(values, names, strict=True)]
+        text = "SELECT " + ", ".join(values)
+        parts.append(text)
+        size += len(text) + 11
+    if parts:
+        statements.append(head + " UNION ALL ".join(parts) + tail)
+    return statements, oversized
