@@ -141,7 +141,13 @@ async def test_update_of_many_and_of_large_records(backend: SnapshotBackend) -> 
     """Running marks of a whole batch, one of them with a large document (on MySQL/MariaDB
     a batch goes in one statement, a record over a megabyte as literals on its own)."""
     c = coord(backend)
-    await c.accept([rec(n) for n in range(1, 301)], owner="a", lease_s=30, key_ttl_s=60)
+    huge = rec(301, error="y'\\" * 200_000)  # accepted whole too
+    added = await c.accept(
+        [rec(n) for n in range(1, 301)] + [huge], owner="a", lease_s=30, key_ttl_s=60
+    )
+    assert len(added) == 301
+    got_huge = await c.get_live("task-0301")
+    assert got_huge is not None and got_huge.error == huge.error
     big = rec(7, status=TaskStatus.RUNNING, error="x'\\" * 200_000)
     marks = [rec(n, status=TaskStatus.RUNNING, retries_used=n) for n in range(1, 301) if n != 7]
     await c.update([*marks, big])
@@ -152,6 +158,8 @@ async def test_update_of_many_and_of_large_records(backend: SnapshotBackend) -> 
         assert mark is not None and mark.status is TaskStatus.RUNNING and mark.retries_used == n
     running = await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,)), limit=1000)
     assert len(running.items) == 300
+    pending = await c.live(TaskFilter(statuses=(TaskStatus.PENDING,)), limit=1000)
+    assert [r.task_id for r in pending.items] == ["task-0301"]
 
 
 async def test_renew_reports_lost_leases(backend: SnapshotBackend) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..._errors import ConfigurationError
 from ..._models import TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
 from ..._query import page_of
-from .bulk import joined_updates
+from .bulk import joined_updates, literal_statements
 from .dialect import in_ids, is_mysql
 from .pending_writes import PendingWrites
 from .records import from_pending_row, pending_rows
-from .tables import PENDING, history, pending
+from .tables import PENDING, history, pending, utc_text
 from .transaction import Work, run_read
 
 if TYPE_CHECKING:
@@ -393,6 +393,12 @@ class SqlCoordinator:
         return list(await self._write(work, "reading cancel requests"))
 
 
+_MYSQL_ACCEPT = (
+    f"INSERT IGNORE INTO {PENDING} (task_id, func_name, created_at, record, claimed_by, "
+    "lease_until, status, cancel_requested) VALUES "
+)
+
+
 async def _insert_new(
     conn: AsyncConnection, rows: list[dict[str, Any]], owner: str | None, until: datetime | None
 ) -> list[str]:
@@ -409,7 +415,23 @@ async def _insert_new(
         lite = sqlite.insert(pending).on_conflict_do_nothing()
         return list((await conn.execute(lite.returning(pending.c.task_id), rows)).scalars())
     if is_mysql(dialect):
-        await conn.execute(mysql.insert(pending).prefix_with("IGNORE"), rows)
+        # One multi-row statement of literals (per megabyte): aiomysql would escape each
+        # value in Python, after SQLAlchemy's own per-row processing.
+        values = [
+            (row["task_id"], row["func_name"], utc_text(row["created_at"]),
+             to_json(row["record"]).decode(), row["claimed_by"], utc_text(row["lease_until"]),
+             row["status"], row["cancel_requested"])
+            for row in rows
+        ]  # fmt: skip
+        statements, oversized = literal_statements(_MYSQL_ACCEPT, "", values)
+        for sql in statements:
+            await conn.exec_driver_sql(sql)
+        if oversized:
+            large = {value[0] for value in oversized}
+            await conn.execute(
+                mysql.insert(pending).prefix_with("IGNORE"),
+                [row for row in rows if row["task_id"] in large],
+            )
         ids = [row["task_id"] for row in rows]
         # Rows another instance inserted first carry its owner and lease, not ours.
         ours = sa.select(pending.c.task_id).where(

@@ -99,6 +99,12 @@ def _to_naive_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=None)
 
 
+def utc_text(value: datetime | None) -> str | None:
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (naive values taken as UTC): how SQLite stores
+    a timestamp, and a literal MySQL/MariaDB take for ``DATETIME(6)``."""
+    return _to_sqlite_text(value)
+
+
 def _to_sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
