@@ -282,9 +282,7 @@ class _BulkWriters:
         """The write of ``batch`` (one record per id) into history; records read now."""
         if self._json_history is not None:
             return functools.partial(self._json_history.execute, documents=history_documents(batch))
-        return functools.partial(
-            self._history.executemany, rows=history_values(batch, self.timestamps)
-        )
+        return self._history.writer(history_values(batch, self.timestamps))
 
     def tags_writer(self, batch: Sequence[TaskRecord]) -> Work[None] | None:
         """The insert of the tag rows of ``batch`` (None without tags); records read now."""
@@ -295,7 +293,7 @@ class _BulkWriters:
             return functools.partial(
                 self._json_tags.execute, documents=self._json_tags.documents(rows)
             )
-        return functools.partial(self._tags.executemany, rows=rows)
+        return self._tags.writer(rows)
 
 
 class SqliteBackend(SqlBackend):

@@ -17,8 +17,9 @@ On PostgreSQL (asyncpg) a batch goes as one JSON document (:class:`JsonInsert`).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -92,15 +93,27 @@ class BulkStatement:
         if dialect.name in ("mysql", "mariadb") and dialect.driver == "aiomysql":
             self._literal = _split_values(self.sql, len(order))
 
-    async def executemany(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Run the statement once per row on ``conn``, in batches of bounded size."""
+    def writer(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> Callable[[AsyncConnection], Awaitable[None]]:
+        """The write of ``rows``, prepared now: on MySQL/MariaDB the statements are built
+        here, so the row tuples are not kept alive (and walked by the garbage collector)
+        while the write waits for its connection and the server."""
         if self._literal is not None:
             statements, oversized = literal_statements(*self._literal, rows)
-            for sql in statements:
-                await conn.exec_driver_sql(sql)
-            for row in oversized:  # (hex doubles a text: such a row goes escaped, alone)
-                await conn.exec_driver_sql(self.sql, [row])
-            return
+            return functools.partial(self._literals, statements=statements, oversized=oversized)
+        return functools.partial(self._executemany, rows=rows)
+
+    async def _literals(
+        self, conn: AsyncConnection, statements: list[str], oversized: list[tuple[Any, ...]]
+    ) -> None:
+        for sql in statements:
+            await conn.exec_driver_sql(sql)
+        for row in oversized:  # (hex doubles a text: such a row goes escaped, alone)
+            await conn.exec_driver_sql(self.sql, [row])
+
+    async def _executemany(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Run the statement once per row on ``conn``, in batches of bounded size."""
         for start in range(0, len(rows), ROWS_PER_EXECUTE):
             await conn.exec_driver_sql(self.sql, list(rows[start : start + ROWS_PER_EXECUTE]))
 
