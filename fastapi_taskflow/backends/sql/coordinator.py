@@ -404,8 +404,10 @@ async def _insert_new(
 ) -> list[str]:
     """Insert ``rows`` unless their task id exists; return the ids this call inserted.
 
-    The portable path (drivers without :class:`PendingWrites`): one cached statement run
-    as an ``executemany``, which SQLAlchemy batches into multi-row inserts.
+    The path of drivers without :class:`PendingWrites` and of callers' connections: one
+    cached statement run as an ``executemany``, which SQLAlchemy batches into multi-row
+    inserts; on MySQL/MariaDB multi-row ``INSERT IGNORE`` statements of literals (strings
+    as hexadecimal literals, which read the same whatever the driver and SQL mode).
     """
     dialect = conn.dialect.name
     if dialect == "postgresql":
