@@ -143,11 +143,43 @@ async def test_save_and_load_round_trip_every_field(backend: SqlBackend) -> None
 AWKWARD = "O'Brien \"q\" back\\slash \\' %s %% %(x)s \n\r\t \x1a 🚀 ümlaut ✓ ' OR 1=1; --"
 
 
+@pytest.mark.mysql
+async def test_mysql_history_goes_through_json_table_when_the_server_has_it(
+    mysql_url: str,
+) -> None:
+    sql_backend = SqlBackend(mysql_url)
+    await sql_backend.open()
+    try:
+        assert sql_backend._bulk is not None  # MariaDB 10.11 here
+        assert type(sql_backend._bulk._history).__name__ == "JsonTableInsert"
+    finally:
+        await sql_backend.close()
+
+
+@pytest.mark.mysql
+async def test_mysql_without_json_table_writes_literals(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers before MariaDB 10.6 / MySQL 8.0.4 have no JSON_TABLE: history rows then go
+    as multi-row literal INSERTs (here forced on the test server)."""
+    from fastapi_taskflow.backends.sql import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "has_json_table", lambda dialect: False)
+    sql_backend = SqlBackend(mysql_url)
+    await sql_backend.open()
+    try:
+        assert sql_backend._bulk is not None
+        assert type(sql_backend._bulk._history).__name__ == "BulkStatement"
+        await test_awkward_strings_and_large_batches_round_trip(sql_backend)
+    finally:
+        await sql_backend.close()
+
+
 async def test_awkward_strings_and_large_batches_round_trip(backend: SqlBackend) -> None:
     """Quotes, backslashes, format markers, control and 4-byte characters in every kind of
     column come back unchanged, and a batch larger than one statement is written whole (on
-    MySQL/MariaDB history rows go as literals, in statements of about a megabyte; the first
-    record, ~1.4 MB as literals, goes on its own with parameters)."""
+    MySQL/MariaDB history rows go as JSON_TABLE documents or literals, in statements of
+    about a megabyte; the first record, ~1.4 MB as hex, goes on its own with parameters)."""
     records = [
         full_record(
             f"task-{i:03d}",

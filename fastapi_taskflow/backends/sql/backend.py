@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..._errors import ConfigurationError, NotStartedError
 from ..._models import TaskRecord
 from ..base import SnapshotBackend
-from .bulk import BulkStatement, JsonInsert
+from .bulk import BulkStatement, JsonInsert, JsonTableInsert, has_json_table
 from .coordinator import SqlCoordinator
 from .dialect import create_engine, in_ids, upsert
 from .migrate import ensure_schema
@@ -275,8 +275,13 @@ class _BulkWriters:
         if dialect.name == "postgresql" and dialect.driver == "asyncpg":
             self._json_history = JsonInsert(history, dialect, HISTORY_COLUMNS, update=True)
             self._json_tags = JsonInsert(history_tags, dialect, TAG_COLUMNS, update=False)
+        self._history: BulkStatement | JsonTableInsert
+        self._tags: BulkStatement | JsonTableInsert
         self._history = BulkStatement(upsert(history, dialect.name), dialect, HISTORY_COLUMNS)
         self._tags = BulkStatement(sa.insert(history_tags), dialect, TAG_COLUMNS)
+        if has_json_table(dialect):
+            self._history = JsonTableInsert(history, HISTORY_COLUMNS, self._history, update=True)
+            self._tags = JsonTableInsert(history_tags, TAG_COLUMNS, self._tags, update=False)
 
     def history_writer(self, batch: Sequence[TaskRecord]) -> Work[None]:
         """The write of ``batch`` (one record per id) into history; records read now."""

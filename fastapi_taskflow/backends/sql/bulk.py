@@ -29,10 +29,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..._errors import BackendError
+from .tables import UTCDateTime
 
 JSON_BATCH = 5_000  # rows per JSON document
 ROWS_PER_EXECUTE = 20_000
 LITERAL_STATEMENT_BYTES = 1_000_000  # aiomysql's own bound for a multi-row INSERT
+JSON_TABLE_ROWS = 1_000  # rows per JSON_TABLE document at most
 
 
 class JsonInsert:
@@ -76,6 +78,82 @@ class JsonInsert:
         """Insert the rows of each document (from :meth:`documents` or the like)."""
         for document in documents:
             await conn.exec_driver_sql(self.sql, (document,))
+
+
+def has_json_table(dialect: Dialect) -> bool:
+    """Whether a MySQL/MariaDB server has ``JSON_TABLE`` (MariaDB 10.6, MySQL 8.0.4)."""
+    if dialect.name not in ("mysql", "mariadb"):
+        return False
+    version = tuple(v for v in (dialect.server_version_info or ()) if isinstance(v, int))
+    return version >= ((10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0, 4))
+
+
+def _json_table_type(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, UTCDateTime | sa.DateTime):
+        return "DATETIME(6)"  # (the rows carry UTC text)
+    if isinstance(column_type, sa.Float):
+        return "DOUBLE"
+    if isinstance(column_type, sa.Integer):
+        return "BIGINT"
+    if isinstance(column_type, sa.Boolean):
+        return "BOOLEAN"
+    return "LONGTEXT"  # strings and JSON text: the table's own column checks the length
+
+
+class JsonTableInsert:
+    """MySQL/MariaDB with ``JSON_TABLE``: a batch of rows as one JSON array (one call of
+    pydantic-core), sent as one hexadecimal literal and made rows by the server, instead of
+    a literal per value. A row too large for one statement goes with parameters through
+    ``fallback``."""
+
+    def __init__(
+        self, table: sa.Table, columns: Sequence[str], fallback: BulkStatement, *, update: bool
+    ) -> None:
+        quoted = {name: f"`{name}`" for name in columns}  # ("key" is a reserved word)
+        names = ", ".join(quoted.values())
+        shapes = ", ".join(
+            f"{quoted[name]} {_json_table_type(table.c[name].type)} PATH '$[{index}]'"
+            for index, name in enumerate(columns)
+        )
+        self._head = f"INSERT INTO `{table.name}` ({names}) SELECT {names} FROM JSON_TABLE("
+        self._tail = f", '$[*]' COLUMNS ({shapes})) AS j"
+        if update:
+            keys = {c.name for c in table.primary_key.columns}
+            changes = ", ".join(f"{quoted[c]} = j.{quoted[c]}" for c in columns if c not in keys)
+            self._tail += f" ON DUPLICATE KEY UPDATE {changes}"
+        self._fallback = fallback
+
+    def writer(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> Callable[[AsyncConnection], Awaitable[None]]:
+        """The write of ``rows`` (values in column order, timestamps as UTC text), its
+        statements built now."""
+        statements: list[str] = []
+        oversized: list[tuple[Any, ...]] = []
+        for start in range(0, len(rows), JSON_TABLE_ROWS):
+            self._build(list(rows[start : start + JSON_TABLE_ROWS]), statements, oversized)
+        return functools.partial(self._run, statements=statements, oversized=oversized)
+
+    def _build(
+        self, rows: list[tuple[Any, ...]], statements: list[str], oversized: list[tuple[Any, ...]]
+    ) -> None:
+        document = to_json(rows)
+        if len(document) * 2 > LITERAL_STATEMENT_BYTES and len(rows) > 1:  # halve
+            half = len(rows) // 2
+            self._build(rows[:half], statements, oversized)
+            self._build(rows[half:], statements, oversized)
+        elif len(document) * 2 > LITERAL_STATEMENT_BYTES:
+            oversized.extend(rows)
+        else:
+            statements.append(self._head + "_utf8mb4 0x" + document.hex() + self._tail)
+
+    async def _run(
+        self, conn: AsyncConnection, statements: list[str], oversized: list[tuple[Any, ...]]
+    ) -> None:
+        for sql in statements:
+            await conn.exec_driver_sql(sql)
+        for row in oversized:
+            await conn.exec_driver_sql(self._fallback.sql, [row])
 
 
 class BulkStatement:
