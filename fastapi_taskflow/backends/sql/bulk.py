@@ -12,6 +12,9 @@ Here each string becomes a hexadecimal literal with a character-set introducer
 (``_utf8mb4 0x…``, two C calls per value, and no escaping rules to get right whatever the
 server's SQL mode), and the rows go in multi-row ``INSERT`` statements of bounded size.
 
+Where the server has ``JSON_TABLE`` (MariaDB 10.6, MySQL 8.0.4) a batch goes as one JSON
+array of rows inside one such literal instead (:class:`JsonTableInsert`).
+
 On PostgreSQL (asyncpg) a batch goes as one JSON document (:class:`JsonInsert`).
 """
 
