@@ -186,8 +186,6 @@ async def probe(opts: argparse.Namespace) -> dict[str, Any]:
     await manager.startup()
     try:
         coordinator = manager._coordinator
-        backend = manager.backend
-        assert backend is not None
         # (backend.save is not wrapped: a wrapped save() counts as overridden, and the SQL
         # backend then writes finished records in a transaction of their own, not the cycle's)
         meters: dict[str, _Meter] = {}

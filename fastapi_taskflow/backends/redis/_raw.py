@@ -11,6 +11,7 @@ database), read back in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (imported lazily: the package imports without redis installed)
@@ -39,13 +40,13 @@ class RawTransactions:
         the server refuses aborts the whole transaction, and one that fails when run
         raises too, after the others ran (Redis transactions do not roll back); both
         as ``ResponseError``, as redis-py's pipelines do."""
-        from redis.exceptions import ConnectionError, ResponseError
+        from redis.exceptions import ConnectionError
 
         async with self._lock:
             for attempt in (1, 2):
                 reused = self._connection is not None
                 try:
-                    return await self._run(commands, ResponseError)
+                    return await self._run(commands)
                 except (ConnectionError, OSError):
                     # A connection that sat idle may have been closed by the server (or a
                     # proxy): one more try on a new one. A save is an upsert, so running a
@@ -54,7 +55,9 @@ class RawTransactions:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(self, commands: list[bytes], response_error: type[Exception]) -> list[Any]:
+    async def _run(self, commands: list[bytes]) -> list[Any]:
+        from redis.exceptions import ResponseError
+
         connection = self._connection
         if connection is None:
             made: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
@@ -62,22 +65,18 @@ class RawTransactions:
         try:
             await connection.send_packed_command([_MULTI, *commands, _EXEC])
             await connection.read_response()  # OK
-            refused: Exception | None = None
             for _ in commands:
-                try:
-                    await connection.read_response()  # QUEUED
-                except response_error as exc:
-                    refused = refused or exc
-            replies = await connection.read_response()  # raises EXECABORT if refused
+                # QUEUED, or the error of a refused command: EXEC then raises EXECABORT.
+                with contextlib.suppress(ResponseError):
+                    await connection.read_response()
+            replies = await connection.read_response()
         except BaseException:
             # Unread replies (cancelled, timed out, lost): start over on a new connection.
             self._connection = None
             await connection.disconnect()
             raise
-        if refused is not None:  # pragma: no cover (EXEC has raised EXECABORT)
-            raise refused
         for reply in replies:  # a command that failed when run (WRONGTYPE, say)
-            if isinstance(reply, response_error):
+            if isinstance(reply, ResponseError):
                 raise reply
         return list(replies)
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic_core import to_json
@@ -33,6 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..._errors import BackendError
 from .tables import UTCDateTime
+
+T = TypeVar("T")
 
 JSON_BATCH = 5_000  # rows per JSON document
 ROWS_PER_EXECUTE = 20_000
@@ -81,6 +83,21 @@ class JsonInsert:
         """Insert the rows of each document (from :meth:`documents` or the like)."""
         for document in documents:
             await conn.exec_driver_sql(self.sql, (document,))
+
+
+def json_documents(
+    items: list[T], dump: Callable[[list[T]], bytes], limit: int
+) -> Iterator[tuple[list[T], bytes]]:
+    """``items`` as JSON documents of at most ``limit`` bytes with the items they hold, in
+    order: a chunk whose document is larger is halved; an item larger on its own comes
+    alone (what to do with it is the caller's choice)."""
+    document = dump(items)
+    if len(document) > limit and len(items) > 1:
+        half = len(items) // 2
+        yield from json_documents(items[:half], dump, limit)
+        yield from json_documents(items[half:], dump, limit)
+    else:
+        yield items, document
 
 
 def has_json_table(dialect: Dialect) -> bool:
@@ -133,22 +150,15 @@ class JsonTableInsert:
         statements built now."""
         statements: list[str] = []
         oversized: list[tuple[Any, ...]] = []
+        limit = LITERAL_STATEMENT_BYTES // 2  # (hex doubles the document)
         for start in range(0, len(rows), JSON_TABLE_ROWS):
-            self._build(list(rows[start : start + JSON_TABLE_ROWS]), statements, oversized)
+            batch = list(rows[start : start + JSON_TABLE_ROWS])
+            for chunk, document in json_documents(batch, to_json, limit):
+                if len(document) > limit:  # one row alone: it goes with parameters
+                    oversized.extend(chunk)
+                else:
+                    statements.append(self._head + "_utf8mb4 0x" + document.hex() + self._tail)
         return functools.partial(self._run, statements=statements, oversized=oversized)
-
-    def _build(
-        self, rows: list[tuple[Any, ...]], statements: list[str], oversized: list[tuple[Any, ...]]
-    ) -> None:
-        document = to_json(rows)
-        if len(document) * 2 > LITERAL_STATEMENT_BYTES and len(rows) > 1:  # halve
-            half = len(rows) // 2
-            self._build(rows[:half], statements, oversized)
-            self._build(rows[half:], statements, oversized)
-        elif len(document) * 2 > LITERAL_STATEMENT_BYTES:
-            oversized.extend(rows)
-        else:
-            statements.append(self._head + "_utf8mb4 0x" + document.hex() + self._tail)
 
     async def _run(
         self, conn: AsyncConnection, statements: list[str], oversized: list[tuple[Any, ...]]

@@ -139,59 +139,47 @@ class SqlCoordinator:
         ids added), :meth:`update` ``running`` and save ``finished`` to history (which
         removes them from the pending store), as the three calls would, at the cost of one
         commit instead of three. The records are read before this returns control."""
+        later = None
         if finished and not self._backend._own_save():
             # save() is overridden: history goes through it, after this transaction
             # (copied now: the records are read before this returns control).
             later = [r.model_copy() for r in finished]
-            added = await self._write_cycle(accepted, owner, lease_s, key_ttl_s, running, (), None)
-            await self._backend.save(later)
-            return added
-        return await self._write_cycle(
-            accepted, owner, lease_s, key_ttl_s, running, finished, finished_pending
-        )
-
-    async def _write_cycle(
-        self,
-        accepted: Sequence[TaskRecord],
-        owner: str | None,
-        lease_s: float,
-        key_ttl_s: float,
-        running: Sequence[TaskRecord],
-        finished: Sequence[TaskRecord],
-        finished_pending: Collection[str] | None,
-    ) -> list[str]:
+            finished, finished_pending = (), None
         fast = self._fast(self._backend.engine.dialect)
+        work: Work[list[str]] | None = None
+        what = f"accepting {len(accepted)} and starting {len(running)} tasks"
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
             marked = {r.task_id for r in running}
             if not keyed and not any(r.task_id in marked for r in accepted):
                 until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
-                both = fast.accept_and_update(accepted, owner, until, running)
-                if both is not None:
-                    what = f"accepting {len(accepted)} and starting {len(running)} tasks"
-                    return list(await self._write(both, what))
-        insert = None
-        if accepted:
-            insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
-        then: list[Work[None]] = []
-        if running:
-            then.append(self._update_work(running))
-        if finished:
-            then.append(self._backend._save_work(finished, finished_pending)[1])
-        if insert is None and not then:
-            return []
+                work = fast.accept_and_update(accepted, owner, until, running)
+        if work is None:
+            insert = None
+            if accepted:
+                insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
+            then: list[Work[None]] = []
+            if running:
+                then.append(self._update_work(running))
+            if finished:
+                then.append(self._backend._save_work(finished, finished_pending)[1])
+            if insert is not None or then:
 
-        async def work(conn: AsyncConnection) -> list[str]:
-            added = await insert(conn) if insert is not None else []
-            for step in then:
-                await step(conn)
-            return added
+                async def combined(conn: AsyncConnection) -> list[str]:
+                    added = await insert(conn) if insert is not None else []
+                    for step in then:
+                        await step(conn)
+                    return added
 
-        what = (
-            f"writing {len(accepted)} accepted, {len(running)} started and {len(finished)} "
-            f"finished tasks"
-        )
-        return list(await self._write(work, what))
+                work = combined
+                what = (
+                    f"writing {len(accepted)} accepted, {len(running)} started and "
+                    f"{len(finished)} finished tasks"
+                )
+        added = list(await self._write(work, what)) if work is not None else []
+        if later is not None:
+            await self._backend.save(later)
+        return added
 
     def _fast(self, dialect: Dialect) -> PendingWrites | None:
         """The driver-level pending-store writes for ``dialect``, if its driver has them."""

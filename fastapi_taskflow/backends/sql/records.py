@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from pydantic import Json, TypeAdapter
 
 from ..._models import TaskRecord
-from .bulk import JSON_BATCH
+from .bulk import JSON_BATCH, json_documents
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
 
 _TIMESTAMPS = ("created_at", "start_time", "end_time", "updated_at")
@@ -46,20 +47,14 @@ def history_documents(records: Sequence[TaskRecord]) -> list[str]:
     """The records as JSON arrays of objects (at most ``JSON_BATCH`` records and, unless a
     record alone is larger, ``MAX_JSON_BYTES`` each), field names as keys: what
     ``json_populate_recordset`` makes history rows of (PostgreSQL)."""
-    documents: list[str] = []
-    for start in range(0, len(records), JSON_BATCH):
-        _dump_into(documents, list(records[start : start + JSON_BATCH]))
-    return documents
-
-
-def _dump_into(documents: list[str], records: list[TaskRecord]) -> None:
-    document = _RECORDS.dump_json(records, fallback=repr)
-    if len(document) > MAX_JSON_BYTES and len(records) > 1:  # large records: halve
-        half = len(records) // 2
-        _dump_into(documents, records[:half])
-        _dump_into(documents, records[half:])
-    else:
-        documents.append(document.decode())
+    dump = functools.partial(_RECORDS.dump_json, fallback=repr)
+    return [
+        document.decode()
+        for start in range(0, len(records), JSON_BATCH)
+        for _, document in json_documents(
+            list(records[start : start + JSON_BATCH]), dump, MAX_JSON_BYTES
+        )
+    ]
 
 
 def history_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple[Any, ...]]:

@@ -65,7 +65,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if dialect.name == "postgresql":
             return _to_aware_utc
         if dialect.name == "sqlite":
-            return _to_sqlite_text
+            return utc_text
         return _to_naive_utc
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
@@ -102,10 +102,6 @@ def _to_naive_utc(value: datetime | None) -> datetime | None:
 def utc_text(value: datetime | None) -> str | None:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (naive values taken as UTC): how SQLite stores
     a timestamp, and a literal MySQL/MariaDB take for ``DATETIME(6)``."""
-    return _to_sqlite_text(value)
-
-
-def _to_sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is UTC:  # the common case, kept cheap for bulk writes
@@ -127,7 +123,7 @@ def _to_sqlite_texts(values: list[datetime | None]) -> list[str | None]:
         if iso is None
         else iso[:10] + " " + iso[11:26]
         if len(iso) == 27 and iso[26] == "Z"
-        else _to_sqlite_text(value)
+        else utc_text(value)
         for iso, value in zip(isos, values, strict=True)
     ]
 
