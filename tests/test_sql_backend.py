@@ -569,6 +569,82 @@ async def test_sqlite_uses_wal_and_creates_parent_directories(tmp_path: Path) ->
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+async def test_sqlite_connection_left_in_a_transaction_is_rolled_back(tmp_path: Path) -> None:
+    """The pool skips SQLite's rollback on return when no transaction is open; one left
+    open (begun on the driver, never committed) is still rolled back, lock released."""
+    backend = SqliteBackend(tmp_path / "tasks.db")
+    await backend.open()
+    try:
+        async with backend.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("DELETE FROM taskflow_history")
+        assert not driver.in_transaction
+        await backend.save([full_record()])  # takes the write lock at once: it was freed
+        async with backend.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("DELETE FROM taskflow_history")
+        assert [r.task_id for r in await backend.load()] == ["task-full"]
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_write_errors_from_the_driver_are_retried_or_translated(
+    tmp_path: Path,
+) -> None:
+    from fastapi_taskflow.backends.sql.transaction import WriteGuard
+
+    backend = SqliteBackend(tmp_path / "tasks.db")
+    await backend.open()
+    calls = 0
+
+    async def locked_once(conn: Any) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return "written"
+
+    async def broken(conn: Any) -> None:
+        raise sqlite3.OperationalError("no such table: nowhere")
+
+    try:
+        guard = WriteGuard()
+        assert await guard.run(backend.engine, locked_once, "a write") == "written"
+        assert calls == 2
+        with pytest.raises(BackendError, match="a write failed on sqlite.*no such table"):
+            await guard.run(backend.engine, broken, "a write")
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_log_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """A commit copies the write-ahead log into the database only past 10,000 pages; after
+    history writes a background checkpoint keeps the log far below that."""
+    path = tmp_path / "tasks.db"
+    backend = SqliteBackend(path)
+    await backend.open()
+    try:
+        async with backend.engine.connect() as conn:
+            assert await conn.scalar(sa.text("PRAGMA wal_autocheckpoint")) == 10_000
+        big = "x" * 4_000
+        for batch in range(40):  # ~1 MB of rows and index entries per batch
+            records = [
+                TaskRecord(task_id=f"t{batch}-{i}", func_name="f", error=big) for i in range(250)
+            ]
+            await backend.save(records)
+            checkpoints = backend._checkpoints
+            assert checkpoints is not None
+            if checkpoints._task is not None:
+                await checkpoints._task
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size < 8 * 2**20, wal.stat().st_size
+        assert await backend.history().count(TaskFilter()) == 40 * 250
+    finally:
+        await backend.close()
+
+
 async def test_sqlite_in_memory_keeps_one_private_database() -> None:
     backend = SqliteBackend(":memory:")
     await backend.open()

@@ -16,7 +16,7 @@ from ..._models import TaskRecord
 from ..base import SnapshotBackend
 from .bulk import BulkStatement, JsonInsert, JsonTableInsert, has_json_table
 from .coordinator import SqlCoordinator
-from .dialect import create_engine, in_ids, upsert
+from .dialect import WalCheckpoints, create_engine, in_ids, upsert
 from .migrate import ensure_schema
 from .records import (
     HISTORY_COLUMNS,
@@ -32,7 +32,7 @@ from .records import (
 from .repository import SqlHistoryRepository
 from .tables import UTCDateTime, history, history_tags, pending
 from .transaction import Work, WriteGuard, run_read
-from .urls import make_async_url, require_driver
+from .urls import is_memory_sqlite, make_async_url, require_driver
 
 
 class SqlBackend(SnapshotBackend):
@@ -86,6 +86,7 @@ class SqlBackend(SnapshotBackend):
         self._history = SqlHistoryRepository(self)
         self._coordinator = SqlCoordinator(self)
         self._bulk: _BulkWriters | None = None
+        self._checkpoints: WalCheckpoints | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
@@ -122,6 +123,11 @@ class SqlBackend(SnapshotBackend):
             raise
         self._bulk = _BulkWriters(engine)
         self._engine = engine
+        # (Our own engines only: they are the ones whose connections raise the threshold.)
+        ours = self._given_engine is None
+        driver = (engine.dialect.name, engine.dialect.driver)
+        if ours and driver == ("sqlite", "aiosqlite") and not is_memory_sqlite(engine.url):
+            self._checkpoints = WalCheckpoints(engine)
 
     async def close(self) -> None:
         """Wait for writes in flight, then dispose of the engine (unless it was given)."""
@@ -129,6 +135,9 @@ class SqlBackend(SnapshotBackend):
         if engine is None:
             return
         await self._writes.drain()
+        checkpoints, self._checkpoints = self._checkpoints, None
+        if checkpoints is not None:
+            await checkpoints.close()
         if self._given_engine is None:
             await engine.dispose()
 
@@ -148,7 +157,13 @@ class SqlBackend(SnapshotBackend):
             return 0
         count, work = self._save_work(records)
         await self._writes.run(self.engine, work, f"saving {count} task records")
+        self._history_written()
         return count
+
+    def _history_written(self) -> None:
+        """After a history write has committed (the bulk of what grows SQLite's log)."""
+        if self._checkpoints is not None:
+            self._checkpoints.request()
 
     def _own_save(self) -> bool:
         return self._save_is_native(SqlBackend)
@@ -160,6 +175,7 @@ class SqlBackend(SnapshotBackend):
             return 0
         count, work = self._save_work(records, pending_ids)
         await self._writes.run(self.engine, work, f"saving {count} task records")
+        self._history_written()
         return count
 
     def _save_work(

@@ -177,6 +177,8 @@ class SqlCoordinator:
                     f"{len(finished)} finished tasks"
                 )
         added = list(await self._write(work, what)) if work is not None else []
+        if finished:
+            self._backend._history_written()
         if later is not None:
             await self._backend.save(later)
         return added

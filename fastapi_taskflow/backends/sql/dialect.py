@@ -6,7 +6,9 @@ driver errors are worth retrying.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,23 @@ from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState
 
 from ..._errors import BackendError
 from .urls import is_memory_sqlite
 
+logger = logging.getLogger("fastapi_taskflow")
+
+try:
+    from sqlite3 import Error as _SqliteError
+
+    # Errors of the SQLite driver called directly (not through SQLAlchemy).
+    SQLITE_ERRORS: tuple[type[BaseException], ...] = (_SqliteError,)
+except ImportError:  # pragma: no cover - a Python built without sqlite3
+    SQLITE_ERRORS = ()
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default: 1,000
 MIGRATION_LOCK_NAME = "fastapi_taskflow_migrate"
 MIGRATION_LOCK_ID = 0x7A5C_F10E  # pg_advisory_lock key: arbitrary, fixed, ours
 MIGRATION_LOCK_TIMEOUT_S = 300
@@ -46,6 +59,9 @@ def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> Asyn
             options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
         else:
             _make_parent_dir(url)
+        # A connection goes back to the pool without the driver's ROLLBACK (one trip to
+        # aiosqlite's thread) when it holds no transaction: see _rollback_if_open.
+        options["pool_reset_on_return"] = None
     else:
         # No pre-ping on PostgreSQL: on asyncpg it costs three round trips per transaction,
         # and a connection found dead is retried anyway (transaction.py, is_transient).
@@ -59,7 +75,24 @@ def create_engine(url: URL, *, echo: bool = False, **engine_kwargs: Any) -> Asyn
     engine = create_async_engine(url, **options)
     if name == "sqlite":
         install_sqlite_events(engine)
+        if "pool_reset_on_return" not in engine_kwargs:
+            event.listen(engine.sync_engine, "reset", _rollback_if_open)
     return engine
+
+
+def _rollback_if_open(
+    dbapi_connection: Any, connection_record: ConnectionPoolEntry, reset_state: PoolResetState
+) -> None:
+    """The pool's reset on return for SQLite: roll back only a transaction left open.
+
+    SQLite says whether one is open without a query, so the usual case (committed, or a
+    read) costs nothing, where the default reset takes a trip to the driver's thread.
+    """
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return
+    driver = connection_record.driver_connection
+    if driver is None or getattr(driver, "in_transaction", True):
+        dbapi_connection.rollback()
 
 
 def _make_parent_dir(url: URL) -> None:
@@ -88,6 +121,9 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        # The log is copied into the database by WalCheckpoints, in the background; a
+        # commit does it itself only as a safety net, once the log is this many pages long.
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
     finally:
         cursor.close()
     dbapi_connection.isolation_level = "IMMEDIATE"
@@ -102,6 +138,76 @@ async def begin_immediate(conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         await conn.begin()
+
+
+async def begin_write(conn: AsyncConnection) -> Callable[[], Awaitable[None]]:
+    """Begin a write transaction on ``conn`` (as :func:`begin_immediate`); returns its commit.
+
+    On aiosqlite, ``BEGIN IMMEDIATE`` goes straight to the driver: one trip to its thread,
+    where SQLAlchemy's cursor takes three (open, execute, close). SQLAlchemy does not see
+    that transaction, so the commit goes to the driver too, unless the work's own
+    statements went through SQLAlchemy, which then commits it.
+    """
+    if conn.dialect.name != "sqlite" or conn.dialect.driver != "aiosqlite":
+        await begin_immediate(conn)
+        return conn.commit
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.execute("BEGIN IMMEDIATE")
+
+    async def commit() -> None:
+        if conn.in_transaction():
+            await conn.commit()
+        else:
+            await driver.commit()
+
+    return commit
+
+
+class WalCheckpoints:
+    """Checkpoints of SQLite's write-ahead log, run in the background after history writes.
+
+    By default the commit that grows the log past 1,000 pages copies it into the database
+    itself, which made every other history write several milliseconds longer, while
+    accepted tasks waited for the next write. Here a ``PRAGMA wal_checkpoint(PASSIVE)``
+    runs on a pooled connection of its own (so in the driver's thread for that connection,
+    beside the writer): it takes no lock that a writer waits for. One runs at a time; a
+    request made meanwhile runs one more afterwards.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="taskflow-sqlite-checkpoint"
+        )
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._again = False
+                async with self._engine.connect() as conn:
+                    driver = (await conn.get_raw_connection()).driver_connection
+                    assert driver is not None
+                    await driver.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                if not self._again:
+                    return
+        except Exception as exc:  # the next request tries again; wal_autocheckpoint remains
+            logger.debug("fastapi-taskflow: SQLite checkpoint failed: %s", exc)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        """Wait for a checkpoint in flight (before the engine is disposed)."""
+        self._again = False
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
 
 # --------------------------------------------------------------------------- upserts
@@ -212,11 +318,14 @@ def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same transaction could succeed (lost connection, deadlock…)."""
     if isinstance(exc, OSError):  # refused, reset, timed out
         return True
-    if not isinstance(exc, sa.exc.DBAPIError):
+    if isinstance(exc, SQLITE_ERRORS):  # from the driver itself (see begin_write)
+        orig: BaseException | None = exc
+    elif not isinstance(exc, sa.exc.DBAPIError):
         return False
-    if exc.connection_invalidated:
+    elif exc.connection_invalidated:
         return True
-    orig = exc.orig
+    else:
+        orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if isinstance(code, str) and (code.startswith("08") or code in _PG_TRANSIENT):
         return True

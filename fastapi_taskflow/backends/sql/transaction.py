@@ -15,12 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._errors import BackendError
-from .dialect import begin_immediate, is_transient
+from .dialect import SQLITE_ERRORS, begin_write, is_transient
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
 
 RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+# What a unit of work may raise from the database: through SQLAlchemy, from the network, or
+# from the SQLite driver called directly.
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, *SQLITE_ERRORS)
 
 
 def describe(engine: AsyncEngine) -> str:
@@ -42,11 +45,11 @@ async def _attempts(engine: AsyncEngine, work: Work[T], what: str, *, write: boo
                     return await work(conn)  # no explicit transaction: fewer round trips
                 # SQLite takes its write lock here, so work that reads before it writes
                 # (check, then insert) is atomic across processes; an error rolls back.
-                await begin_immediate(conn)
+                commit = await begin_write(conn)
                 result = await work(conn)
-                await conn.commit()
+                await commit()
                 return result
-        except (SQLAlchemyError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             if delay is None or not is_transient(exc):
                 raise translate(exc, what, engine) from exc
         await asyncio.sleep(delay)
