@@ -64,6 +64,12 @@ class Flusher:
     With ``write_ahead``, accepted tasks are first added to the shared pending store, in
     the same cycle and before history: a task that already finished is not added (its
     history record completes it), so the pending store never keeps a finished task.
+
+    When the backend allows it (:meth:`SnapshotBackend._history_beside_write_ahead`), history
+    is written by a task of its own, beside the write-ahead cycles rather than inside them:
+    tasks waiting for their write-ahead never wait behind a batch of history. A task
+    accepted again under the id of a record not saved yet (a retry in place) first has that
+    record saved, since saving it removes the id from the pending store.
     """
 
     def __init__(
@@ -101,7 +107,13 @@ class Flusher:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one flush cycle at a time
+        # History writes, whether in a cycle or beside it (``_history_lock``), one at a time.
+        self._history_lock = asyncio.Lock()
+        self._beside = write_ahead is not None and backend._history_beside_write_ahead()
+        self._beside_task: asyncio.Task[None] | None = None
+        self._beside_failed = False  # then history goes in the cycles until a write succeeds
+        self._history_first = False  # an id accepted again has a record not saved yet
         self.written = 0
         self.dropped = 0
         self.healthy = True  # False from a failed write until the next one succeeds
@@ -139,7 +151,10 @@ class Flusher:
             gate = self._accept_gate = Gate()
         gate.expected += 1
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._accepting[job.task_id] = (job, future, gate)
+        task_id = job.task_id
+        self._accepting[task_id] = (job, future, gate)
+        if task_id in self._dirty or task_id in self._saving:
+            self._history_first = True
         self._wake.set()
         return future
 
@@ -185,7 +200,7 @@ class Flusher:
 
         If the caller fails, the record is buffered again (nothing is lost).
         """
-        async with self._lock:
+        async with self._lock, self._history_lock:
             record = self._dirty.pop(task_id, None)
             self._no_pending.discard(task_id)  # (a record buffered again may have a row)
             try:
@@ -326,23 +341,55 @@ class Flusher:
     async def _flush(self, *, history_may_wait: bool) -> int:
         written = 0
         async with self._lock:
+            if self._history_first:  # before the accept that reuses an unsaved record's id
+                self._history_first = False
+                async with self._history_lock:
+                    written += await self._save_buffered()
             later = history_may_wait and self._history_may_wait()
+            beside = history_may_wait and self._beside and self.healthy and not self._beside_failed
             if not later and self._dirty:
                 self._history_at = asyncio.get_running_loop().time()
-            if self._write_ahead is not None:
-                # Healthy: one transaction per cycle. After a failure, separate ones, so
-                # that a batch the backend refuses holds up nothing else.
-                if self._one_transaction is not None and self.healthy:
-                    written += await self._one_cycle(self._one_transaction, history=not later)
-                await self._write_ahead_batch()
-                await self._started_batch()
-            while self._dirty and not later:
-                batch = list(self._dirty.values())[: self._batch_size]
-                with self._writing(batch):
-                    await self._backend._save_history(batch, self._pending_of(batch))
-                written += len(batch)
+            inline = not (later or beside)  # this flush writes history itself
+            async with self._history_lock if inline else contextlib.nullcontext():
+                if self._write_ahead is not None:
+                    # Healthy: one transaction per cycle. After a failure, separate ones, so
+                    # that a batch the backend refuses holds up nothing else.
+                    if self._one_transaction is not None and self.healthy:
+                        written += await self._one_cycle(self._one_transaction, history=inline)
+                    await self._write_ahead_batch()
+                    await self._started_batch()
+                if inline:
+                    written += await self._save_buffered()
+                    self._beside_failed = False
+            if beside and not later and self._dirty and self._beside_task is None:
+                self._beside_task = asyncio.get_running_loop().create_task(
+                    self._save_beside(), name="taskflow-history"
+                )
         self.written += written
         return written
+
+    async def _save_buffered(self) -> int:
+        """Save every buffered record to history, in batches (hold ``_history_lock``)."""
+        written = 0
+        while self._dirty:
+            batch = list(self._dirty.values())[: self._batch_size]
+            with self._writing(batch):
+                await self._backend._save_history(batch, self._pending_of(batch))
+            written += len(batch)
+        return written
+
+    async def _save_beside(self) -> None:
+        """Save the buffered records beside the write-ahead cycles. A failure sends history
+        back into the cycles, whose failures are retried with backoff and reported."""
+        try:
+            async with self._history_lock:
+                self.written += await self._save_buffered()
+        except Exception as exc:
+            self._beside_failed = True
+            logger.debug("fastapi-taskflow: a history write failed (%s); retried in a cycle", exc)
+            self._wake.set()
+        finally:
+            self._beside_task = None
 
     async def _loop(self) -> None:
         failures = 0

@@ -20,6 +20,7 @@ from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi_taskflow import (
     QueueConfig,
     TaskAdmin,
+    TaskFilter,
     TaskManager,
     TaskRecord,
     TaskStatus,
@@ -482,3 +483,54 @@ async def test_a_failed_request_never_overwrites_the_task_that_holds_its_key(
         assert await tm.enqueue(charge, 3, idempotency_key="order-1") == first
         await asyncio.sleep(0.1)
         assert runs == [1]
+
+
+async def test_a_task_retried_in_place_while_tasks_stream_in_runs_again(
+    make_backend: BackendFactory,
+) -> None:
+    """A retry keeps the task's id (``retry_replaces_original``). While tasks stream in, the
+    failed record may still wait in the buffer when the retry is written ahead, and saving
+    that record removes the id from the pending store: the retry must still be added there,
+    run, and end as the task's one record."""
+    tm = manager(make_backend)
+    runs: dict[int, int] = {}
+
+    @tm.task(persist=True)
+    async def flaky(n: int) -> None:
+        runs[n] = runs.get(n, 0) + 1
+        if runs[n] == 1:
+            raise RuntimeError("the first attempt fails")
+
+    @tm.task(persist=True)
+    async def noop() -> None:
+        pass
+
+    ids: list[str] = []
+    async with tm:
+        streaming = True
+
+        async def stream() -> None:
+            while streaming:
+                await tm.enqueue(noop)
+
+        producers = [asyncio.create_task(stream()) for _ in range(5)]
+        try:
+            for n in range(20):
+                task_id = await tm.enqueue(flaky, n)
+                assert (await finished(tm, task_id)).status is TaskStatus.FAILED
+                assert await tm.retry(task_id) == task_id
+                assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
+                ids.append(task_id)
+        finally:
+            streaming = False
+            await asyncio.gather(*producers)
+        await wait_for(lambda: all(job.record.status.is_terminal for job in tm.store))
+        await tm.flush()
+        for task_id in ids:
+            record = await tm.history.get(task_id)
+            assert record is not None and record.status is TaskStatus.SUCCESS, record
+        coordinator = tm._coordinator
+        if coordinator is not None:
+            live = await coordinator.live(TaskFilter(), limit=100)
+            assert live.items == []
+    assert runs == dict.fromkeys(range(20), 2)

@@ -613,7 +613,7 @@ async def test_sqlite_write_errors_from_the_driver_are_retried_or_translated(
         guard = WriteGuard()
         assert await guard.run(backend.engine, locked_once, "a write") == "written"
         assert calls == 2
-        with pytest.raises(BackendError, match="a write failed on sqlite.*no such table"):
+        with pytest.raises(BackendError, match=r"a write failed on sqlite.*no such table"):
             await guard.run(backend.engine, broken, "a write")
     finally:
         await backend.close()

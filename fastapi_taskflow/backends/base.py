@@ -139,6 +139,13 @@ class SnapshotBackend(abc.ABC):
         the hint (unless their ``save`` is overridden, which then sees every write)."""
         return await self.save([record.model_copy() for record in records])
 
+    def _history_beside_write_ahead(self) -> bool:
+        """Whether history writes may run while a write-ahead transaction is in flight (on
+        another connection). The flusher then writes history beside its write-ahead
+        cycles instead of inside them, so accepted tasks never wait behind a large history
+        batch. False here: a custom backend gets one write at a time."""
+        return False
+
     def _save_is_native(self, cls: type[SnapshotBackend]) -> bool:
         """Whether :meth:`save` is ``cls.save`` itself: not overridden in a subclass, nor
         wrapped on this instance."""

@@ -165,6 +165,10 @@ class RedisBackend(SnapshotBackend):
         """
         return await self._save_records(records, None)
 
+    def _history_beside_write_ahead(self) -> bool:
+        # History goes through a connection of its own (see _raw), write-ahead through the pool.
+        return True
+
     async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
         if not self._save_is_native(RedisBackend):
             return await super()._save_history(records, pending_ids)

@@ -165,6 +165,10 @@ class SqlBackend(SnapshotBackend):
         if self._checkpoints is not None:
             self._checkpoints.request()
 
+    def _history_beside_write_ahead(self) -> bool:
+        # SQLite has one writer at a time: a second write would wait for the lock.
+        return self.engine.dialect.name != "sqlite"
+
     def _own_save(self) -> bool:
         return self._save_is_native(SqlBackend)
 
