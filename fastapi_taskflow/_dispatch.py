@@ -82,11 +82,36 @@ class Dispatcher:
 
     def release(self, job: Job) -> None:
         """Give back the room of an admitted job that will never start."""
-        self._lanes[job.record.queue].admitted -= 1
+        lane = self._lanes[job.record.queue]
+        if not job.reserved:
+            lane.admitted -= 1
+            return
+        job.reserved = False
+        lane.running -= 1
+        del self.running[job.task_id]
+        self._fill()
+
+    def reserve(self, job: Job) -> bool:
+        """Take a running slot now for an admitted job that is to start the moment its
+        write-ahead is durable; False (nothing taken) if it would have to wait its turn."""
+        lane = self._lanes[job.record.queue]
+        if job.reserved:
+            return True
+        if lane.heap or not lane.has_slot() or len(self.running) >= self._max_concurrent:
+            return False
+        lane.admitted -= 1
+        lane.running += 1
+        self.running[job.task_id] = job
+        job.reserved = True
+        return True
 
     def submit(self, job: Job) -> None:
         """Make an admitted job eligible to start."""
         lane = self._lanes[job.record.queue]
+        if job.reserved:
+            job.reserved = False
+            self._launch(job)
+            return
         job.stage = Stage.WAITING
         if (
             not lane.heap
@@ -132,8 +157,11 @@ class Dispatcher:
     def _start(self, lane: _Lane, job: Job) -> None:
         lane.admitted -= 1
         lane.running += 1
-        job.stage = Stage.RUNNING
         self.running[job.task_id] = job
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        job.stage = Stage.RUNNING
         task = asyncio.get_running_loop().create_task(self._run(job), context=job.context)
         job.task = task
         self._tasks.add(task)

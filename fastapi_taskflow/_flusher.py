@@ -80,9 +80,14 @@ class Flusher:
         batch_size: int = 10_000,
         max_buffer: int = 1_000_000,
         write_ahead: WriteAhead | None = None,
+        claim: Callable[[Job], bool] | None = None,
     ) -> None:
         self._backend = backend
         self._write_ahead = write_ahead
+        # Asked for each accepted task as its write-ahead is prepared: True if the task took
+        # a slot to start the moment the write is durable, which then records it as running
+        # (one write instead of a write-ahead and then a running mark).
+        self._claim = claim
         # Tasks to write ahead and running marks to save, each with the gate of its batch
         # (the gate still collecting is the last one; the next write seals it).
         self._accepting: dict[str, tuple[Job, asyncio.Future[bool], Gate[Job]]] = {}
@@ -113,7 +118,7 @@ class Flusher:
         self._beside = write_ahead is not None and backend._history_beside_write_ahead()
         self._beside_task: asyncio.Task[None] | None = None
         self._beside_failed = False  # then history goes in the cycles until a write succeeds
-        self._history_first = False  # an id accepted again has a record not saved yet
+        self._history_first = False  # an accepted id may have a record not saved yet
         self.written = 0
         self.dropped = 0
         self.healthy = True  # False from a failed write until the next one succeeds
@@ -215,16 +220,48 @@ class Flusher:
         # first await, and a task does not start before its record is written.
         wal = self._write_ahead
         assert wal is not None
-        self._accept_gate = None  # tasks accepted from now on wait for the next write
         while self._accepting:
-            batch = list(itertools.islice(self._accepting.values(), self._batch_size))
-            live = [job.record for job, _, _ in batch if not job.record.status.is_terminal]
+            # Sealed before each write: tasks accepted while it is in flight join a new
+            # gate, which this write does not open (its batch is taken now).
+            self._accept_gate = None
+            batch = self._to_accept()
+            if not batch:
+                return
+            live = self._ahead(batch)
             added = set(
                 await wal.coordinator.accept(
                     live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
                 )
             ) if live else set()  # fmt: skip
             self._settle_accepted(batch, added)
+
+    def _to_accept(self) -> list[tuple[Job, asyncio.Future[bool], Gate[Job]]]:
+        """Up to a batch of accepted tasks to write ahead. One that reuses the id of a record
+        not saved yet (a retry in place) is held back until that record is saved, since
+        saving it removes the id from the pending store."""
+        if not self._history_first:
+            return list(itertools.islice(self._accepting.values(), self._batch_size))
+        unsaved = self._dirty.keys() | self._saving.keys()
+        ready = [entry for entry in self._accepting.values() if entry[0].task_id not in unsaved]
+        if len(ready) == len(self._accepting):
+            self._history_first = False
+        return ready[: self._batch_size]
+
+    def _ahead(self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]]) -> list[TaskRecord]:
+        """The records to write ahead for ``batch``: a task that ended already is left out,
+        and one that claims its slot now goes as running (a copy: its own record still
+        says pending until it starts)."""
+        claim = self._claim
+        records = []
+        for job, _, _ in batch:
+            record = job.record
+            status = record.status
+            if status.is_terminal:
+                continue
+            if claim is not None and status is TaskStatus.PENDING and claim(job):
+                record = record.model_copy(update={"status": TaskStatus.RUNNING})
+            records.append(record)
+        return records
 
     def _settle_accepted(
         self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]], added: set[str]
@@ -261,8 +298,8 @@ class Flusher:
 
     async def _started_batch(self) -> None:
         assert self._write_ahead is not None
-        self._start_gate = None  # tasks starting from now on wait for the next write
         while self._starting:
+            self._start_gate = None  # (as in _write_ahead_batch)
             batch = list(itertools.islice(self._starting.values(), self._batch_size))
             await self._write_ahead.coordinator.update([record for record, _ in batch])
             self._settle_started(batch)
@@ -280,14 +317,14 @@ class Flusher:
         wal = self._write_ahead
         assert wal is not None
         self._accept_gate = self._start_gate = None  # later ones wait for the next write
-        accepting = list(itertools.islice(self._accepting.values(), self._batch_size))
+        accepting = self._to_accept()
         starting = list(itertools.islice(self._starting.values(), self._batch_size))
         if not (accepting or starting):  # history alone: SnapshotBackend.save, as always
             return 0
         finished = list(itertools.islice(self._dirty.values(), self._batch_size * history))
         with self._writing(finished):
             added = await writer.write_cycle(
-                [job.record for job, _, _ in accepting if not job.record.status.is_terminal],
+                self._ahead(accepting),
                 owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
                 running=[record for record, _ in starting], finished=finished,
                 finished_pending=self._pending_of(finished),
@@ -315,7 +352,9 @@ class Flusher:
                 self._dirty.setdefault(record.task_id, record)
             raise
         finally:
-            self._saving.clear()
+            saving = self._saving  # (only these: a write beside the cycle has its own)
+            for record in records:
+                saving.pop(record.task_id, None)
         if self._no_pending:
             dirty, no_pending = self._dirty, self._no_pending
             for record in records:
@@ -334,6 +373,7 @@ class Flusher:
         they are off every task's path: nothing waits for them."""
         return (
             bool(self._accepting or self._starting)
+            and not self._history_first
             and len(self._dirty) < HISTORY_BATCH
             and asyncio.get_running_loop().time() - self._history_at < HISTORY_DELAY_S
         )
@@ -341,10 +381,6 @@ class Flusher:
     async def _flush(self, *, history_may_wait: bool) -> int:
         written = 0
         async with self._lock:
-            if self._history_first:  # before the accept that reuses an unsaved record's id
-                self._history_first = False
-                async with self._history_lock:
-                    written += await self._save_buffered()
             later = history_may_wait and self._history_may_wait()
             beside = history_may_wait and self._beside and self.healthy and not self._beside_failed
             if not later and self._dirty:
@@ -365,6 +401,10 @@ class Flusher:
                 self._beside_task = asyncio.get_running_loop().create_task(
                     self._save_beside(), name="taskflow-history"
                 )
+            if inline and self._history_first and self._accepting:
+                # Tasks held back by _to_accept: their ids' records are saved now. (Beside
+                # the cycles, the history task wakes the loop when it is done.)
+                self._wake.set()
         self.written += written
         return written
 
@@ -390,6 +430,8 @@ class Flusher:
             self._wake.set()
         finally:
             self._beside_task = None
+            if self._history_first:
+                self._wake.set()
 
     async def _loop(self) -> None:
         failures = 0

@@ -37,3 +37,7 @@ class Job:
     durable: asyncio.Future[bool] | None = None  # write-ahead outcome, for persisted tasks
     dispatched: bool = False  # handed to dispatch() (may still wait for durability)
     leased: bool = False  # held in the shared pending store under this instance's lease
+    # Holds a running slot taken as its write-ahead was prepared (Dispatcher.reserve): it
+    # starts the moment that write is durable, which recorded it as running (``marked``).
+    reserved: bool = False
+    marked: bool = False

@@ -334,9 +334,13 @@ class TaskManager:
                     coordinator=coordinator, owner=self.instance_id, lease_s=self.lease_s,
                     key_ttl_s=self.idempotency_ttl_s,
                 )  # fmt: skip
+            # Coordinators that store each accepted record's status let a task that can start
+            # at once be written ahead as running, sparing it a separate running mark.
+            claims = getattr(coordinator, "accepts_running", False) is True
             self._flusher = Flusher(
-                backend, interval=self.snapshot_interval, write_ahead=write_ahead
-            )
+                backend, interval=self.snapshot_interval, write_ahead=write_ahead,
+                claim=self._claim if claims else None,
+            )  # fmt: skip
         self._state = _State.RUNNING
         if backend is not None:
             assert self._flusher is not None
@@ -615,6 +619,18 @@ class TaskManager:
             return
         self._after_durable(job)
 
+    def _claim(self, job: Job) -> bool:
+        """Whether ``job``, whose write-ahead is being prepared, takes a running slot now to
+        start the moment that write is durable (then written ahead as running). Only a job
+        already dispatched, that would not have to wait for its turn, does."""
+        if job.stage is not Stage.HELD or not job.dispatched or self._state is not _State.RUNNING:
+            return False
+        assert self._dispatcher is not None
+        if not self._dispatcher.reserve(job):
+            return False
+        job.marked = True
+        return True
+
     def _after_durable(self, job: Job) -> None:
         if job.stage is not Stage.HELD:
             return
@@ -693,11 +709,12 @@ class TaskManager:
             queue=queue,
             source="enqueue",
         )
+        # Dispatched first: it starts the moment its write-ahead is durable, when this returns.
+        self.dispatch(job)
         flusher = self._flusher
         durable = job.durable
         if durable is not None and not durable.done() and flusher is not None and flusher.healthy:
             await flusher.durable(job, timeout_s=self.durability_timeout)
-        self.dispatch(job)
         return job.task_id
 
     async def get_tasks(
@@ -735,8 +752,8 @@ class TaskManager:
         before its function is called, so that if this instance dies an adopting instance
         knows the task may have run (and re-runs it only with requeue_on_interrupt)."""
         flusher = self._flusher
-        if not job.leased or flusher is None or not flusher.healthy:
-            return
+        if not job.leased or job.marked or flusher is None or not flusher.healthy:
+            return  # (marked: written ahead as running already)
         self._changed.pop(job.task_id, None)
         gate = flusher.started(job.record)  # shared by the tasks starting in this cycle
         if not await gate.wait(self.durability_timeout):

@@ -112,6 +112,30 @@ async def test_concurrent_accepts_of_one_id_admit_exactly_one(backend: SnapshotB
     assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
 
 
+async def test_accept_stores_each_record_status(backend: SnapshotBackend) -> None:
+    """A task that starts as soon as it is written ahead is accepted as running: the live
+    view shows it so, and an instance that claims it after its owner died gets it as
+    running (possibly run), the others as pending."""
+    c = coord(backend)
+    assert getattr(c, "accepts_running", False) is True
+    started = [rec(n, status=TaskStatus.RUNNING) for n in (2, 4)]
+    records = [rec(1), started[0], rec(3), started[1]]
+    added = await c.accept(records, owner="dead", lease_s=0.2, key_ttl_s=60)
+    assert sorted(added) == [f"task-000{n}" for n in range(1, 5)]
+    running = await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,)))
+    assert sorted(r.task_id for r in running) == ["task-0002", "task-0004"]
+    pending = await c.live(TaskFilter(statuses=(TaskStatus.PENDING,)))
+    assert sorted(r.task_id for r in pending) == ["task-0001", "task-0003"]
+    await asyncio.sleep(0.3)
+    claimed = {r.task_id: r.status for r in await c.claim("b", lease_s=30, limit=10)}
+    assert claimed == {
+        "task-0001": TaskStatus.PENDING,
+        "task-0002": TaskStatus.RUNNING,
+        "task-0003": TaskStatus.PENDING,
+        "task-0004": TaskStatus.RUNNING,
+    }
+
+
 async def test_claims_respect_leases_and_are_exclusive(backend: SnapshotBackend) -> None:
     c = coord(backend)
     await c.accept([rec(n) for n in range(1, 4)], owner="dead", lease_s=0.2, key_ttl_s=60)

@@ -512,6 +512,7 @@ async def test_a_task_retried_in_place_while_tasks_stream_in_runs_again(
         async def stream() -> None:
             while streaming:
                 await tm.enqueue(noop)
+                await asyncio.sleep(0)  # (enqueue may not wait: the backend is slow)
 
         producers = [asyncio.create_task(stream()) for _ in range(5)]
         try:
@@ -534,3 +535,87 @@ async def test_a_task_retried_in_place_while_tasks_stream_in_runs_again(
             live = await coordinator.live(TaskFilter(), limit=100)
             assert live.items == []
     assert runs == dict.fromkeys(range(20), 2)
+
+
+async def test_a_task_with_a_free_slot_is_written_ahead_as_running_at_once(
+    make_backend: BackendFactory,
+) -> None:
+    """Written ahead while a slot is free, a task is recorded as running in that same
+    write (no separate running mark); one that has to wait for a slot is written ahead as
+    pending and marked running before it starts. Either way the shared view is right."""
+    tm = manager(make_backend, queues=[QueueConfig(name="default", max_concurrency=1)])
+    gates = {1: asyncio.Event(), 2: asyncio.Event()}
+    started: list[int] = []
+
+    @tm.task(persist=True)
+    async def hold(n: int) -> None:
+        started.append(n)
+        await gates[n].wait()
+
+    async with tm:
+        coordinator = tm._coordinator
+        assert coordinator is not None
+        marks: list[list[str]] = []  # ids of the running marks written
+        update = coordinator.update
+
+        async def counted_update(records: Any) -> None:
+            marks.append([r.task_id for r in records])
+            await update(records)
+
+        coordinator.update = counted_update  # type: ignore[method-assign]
+        write_cycle = getattr(coordinator, "write_cycle", None)
+        if write_cycle is not None:  # SQL: accepts, marks and history in one transaction
+
+            async def counted_cycle(*args: Any, **kwargs: Any) -> list[str]:
+                marks.append([r.task_id for r in kwargs["running"]])
+                result: list[str] = await write_cycle(*args, **kwargs)
+                return result
+
+            coordinator.write_cycle = counted_cycle  # type: ignore[attr-defined]
+
+        async def status(task_id: str) -> TaskStatus | None:
+            record = await coordinator.get_live(task_id)
+            return None if record is None else record.status
+
+        first = await tm.enqueue(hold, 1)
+        assert await status(first) is TaskStatus.RUNNING
+        await wait_for(lambda: started == [1])
+        second = await tm.enqueue(hold, 2)  # the one slot is taken: it waits, pending
+        assert await status(second) is TaskStatus.PENDING
+        assert not any(first in ids for ids in marks)
+        gates[1].set()
+        await wait_for(lambda: started == [1, 2])
+        assert await status(second) is TaskStatus.RUNNING
+        assert any(second in ids for ids in marks)
+        gates[2].set()
+        assert (await finished(tm, second)).status is TaskStatus.SUCCESS
+        await tm.flush()
+        assert await coordinator.get_live(first) is None
+
+
+async def test_a_slot_taken_for_a_task_that_is_refused_is_given_back(
+    make_backend: BackendFactory,
+) -> None:
+    """A task whose id another instance already holds (the same idempotency key) is not
+    added; the slot it took while being written ahead goes back to the queue."""
+    owner = manager(make_backend)
+    other = manager(make_backend, queues=[QueueConfig(name="default", max_concurrency=1)])
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def work(label: str) -> None:
+        runs.append(label)
+        if label == "held":
+            await release.wait()
+
+    for tm in (owner, other):
+        tm.task(name="jobs.work", persist=True)(work)
+    async with owner, other:
+        held = await owner.enqueue(work, "held", idempotency_key="order-7")
+        await wait_for(lambda: runs == ["held"])
+        assert await other.enqueue(work, "again", idempotency_key="order-7") == held
+        later = await other.enqueue(work, "later")
+        assert (await finished(other, later)).status is TaskStatus.SUCCESS
+        release.set()
+        assert (await finished(owner, held)).status is TaskStatus.SUCCESS
+    assert runs == ["held", "later"]

@@ -48,6 +48,12 @@ class Coordinator(Protocol):
 
     Records are passed as they are, not copied: read (serialise) them before the first
     ``await``, as the built-in coordinators do; the caller may change them afterwards.
+
+    A coordinator with a class attribute ``accepts_running = True`` promises that
+    :meth:`accept` stores each record's ``status`` as given: the manager then writes a task
+    that starts as soon as it is durable ahead as ``running`` in that one write. Without
+    it, every task is written ahead as pending and marked running by :meth:`update` before
+    it starts.
     """
 
     async def accept(

@@ -74,6 +74,8 @@ class MemoryBackend(SnapshotBackend):
 class _MemoryCoordinator:
     """The reference implementation of :class:`Coordinator` (one process, many managers)."""
 
+    accepts_running = True  # accept() stores each record as given, status included
+
     def __init__(self, backend: MemoryBackend) -> None:
         self._b = backend
 

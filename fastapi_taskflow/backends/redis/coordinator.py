@@ -37,6 +37,8 @@ class RedisCoordinator:
     transaction as their history record).
     """
 
+    accepts_running = True  # accept() stores each record as given, status included
+
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
 

@@ -42,6 +42,8 @@ def _document(record: TaskRecord) -> dict[str, Any]:
 class SqlCoordinator:
     """:class:`~fastapi_taskflow.backends.base.Coordinator` on ``taskflow_pending``."""
 
+    accepts_running = True  # accept() stores each record's status (see Coordinator)
+
     def __init__(self, backend: SqlBackend) -> None:
         self._backend = backend
         self._writes: dict[str, PendingWrites] = {}
@@ -99,9 +101,9 @@ class SqlCoordinator:
         rows = None
         if fast is None:
             rows = [
-                {**row, "status": TaskStatus.PENDING.value, "claimed_by": owner,
+                {**row, "status": record.status.value, "claimed_by": owner,
                  "lease_until": until, "cancel_requested": False}
-                for row in pending_rows(unique)
+                for row, record in zip(pending_rows(unique), unique, strict=True)
             ]  # fmt: skip
 
         async def work(conn: AsyncConnection) -> list[str]:

@@ -33,9 +33,9 @@ _COLUMNS = (
 _PG_ACCEPT = f"""
 INSERT INTO {PENDING} ({_COLUMNS})
 SELECT t.task_id, t.func_name, t.created_at, t.record::json, $5::varchar, $6::timestamptz,
-       'pending', false
-FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::text[])
-     AS t(task_id, func_name, created_at, record)
+       t.status, false
+FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::text[], $7::varchar[])
+     AS t(task_id, func_name, created_at, record, status)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING task_id
 """
@@ -46,7 +46,7 @@ RETURNING task_id
 _PG_ACCEPT_AND_UPDATE = f"""
 WITH added AS ({_PG_ACCEPT}), marked AS (
   UPDATE {PENDING} AS p SET status = u.status, record = u.record::json
-  FROM unnest($7::varchar[], $8::varchar[], $9::text[]) AS u(task_id, status, record)
+  FROM unnest($8::varchar[], $9::varchar[], $10::text[]) AS u(task_id, status, record)
   WHERE p.task_id = u.task_id
 )
 SELECT task_id FROM added
@@ -59,7 +59,7 @@ WHERE p.task_id = t.task_id
 """
 
 _SQLITE_ACCEPT = f"""
-INSERT INTO {PENDING} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)
+INSERT INTO {PENDING} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)
 ON CONFLICT (task_id) DO NOTHING
 """
 
@@ -138,8 +138,9 @@ class PendingWrites:
     def accept(
         self, records: Sequence[TaskRecord], owner: str | None, until: datetime | None
     ) -> Statement:
-        """Insert ``records`` as pending tasks held by ``owner`` until ``until`` unless their
-        task id exists; the statement returns the ids it inserted."""
+        """Insert ``records`` (pending, or running for tasks that start as soon as this is
+        written) held by ``owner`` until ``until`` unless their task id exists; the
+        statement returns the ids it inserted."""
         created = self._stamps([r.created_at for r in records])
         (lease_until,) = self._stamps([until])
         if self.dialect == "postgresql":
@@ -151,12 +152,13 @@ class PendingWrites:
                 documents(records),
                 owner,
                 lease_until,
+                [r.status.value for r in records],
             )
         else:
             ids = [r.task_id for r in records]
             docs = documents(records)
             rows = [
-                (r.task_id, r.func_name, at, doc, owner, lease_until)
+                (r.task_id, r.func_name, at, doc, owner, lease_until, r.status.value)
                 for r, at, doc in zip(records, created, docs, strict=True)
             ]
             return functools.partial(_sqlite_accept, ids, rows, owner, lease_until)
@@ -186,6 +188,7 @@ class PendingWrites:
             documents(accepted),
             owner,
             self._stamps([until])[0],
+            [r.status.value for r in accepted],
             [r.task_id for r in running],
             [r.status.value for r in running],
             documents(running),
