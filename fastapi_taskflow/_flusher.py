@@ -408,11 +408,13 @@ class Flusher:
         self.written += written
         return written
 
-    async def _save_buffered(self) -> int:
-        """Save every buffered record to history, in batches (hold ``_history_lock``)."""
+    async def _save_buffered(self, limit: int | None = None) -> int:
+        """Save the buffered records to history, in batches (hold ``_history_lock``): all of
+        them, including those that arrive meanwhile, or the first ``limit``."""
         written = 0
-        while self._dirty:
-            batch = list(self._dirty.values())[: self._batch_size]
+        while self._dirty and (limit is None or written < limit):
+            size = self._batch_size if limit is None else min(self._batch_size, limit - written)
+            batch = list(self._dirty.values())[:size]
             with self._writing(batch):
                 await self._backend._save_history(batch, self._pending_of(batch))
             written += len(batch)
@@ -423,7 +425,9 @@ class Flusher:
         back into the cycles, whose failures are retried with backoff and reported."""
         try:
             async with self._history_lock:
-                self.written += await self._save_buffered()
+                # What is buffered now: records arriving meanwhile wait for the next one,
+                # so history keeps going in large batches (see _history_may_wait).
+                self.written += await self._save_buffered(limit=len(self._dirty))
         except Exception as exc:
             self._beside_failed = True
             logger.debug("fastapi-taskflow: a history write failed (%s); retried in a cycle", exc)
