@@ -8,8 +8,9 @@
 
 For each backend, in the same run, a no-op async task registered ``persist=False`` and
 ``persist=True`` (write-ahead: the task is inserted into the shared pending store before
-``enqueue`` returns, marked running there before it starts, and removed from it when its
-history record is saved) is compared:
+``enqueue`` returns, as running when a slot is free for it then, else as pending and marked
+running before it starts, and removed from it when its history record is saved) is
+compared:
 
 * ``enqueue``: a fresh process with ``TaskManager(database_url=...)`` on a fresh database
   (a new SQLite file, a new PostgreSQL database, ...) runs N tasks added by P concurrent
@@ -32,8 +33,9 @@ only): write-ahead through the reference in-memory coordinator, without a databa
 floor of the library's own cost: MemoryBackend deep-copies every record it is given.
 
 Each producer's ``await enqueue`` waits for one write-ahead cycle (on the SQL backends one
-transaction carrying every task accepted meanwhile, the running marks of the tasks about to
-start and, at most every 50 ms, the finished records), so P bounds the batch size.
+transaction carrying every task accepted meanwhile, the running marks of queued tasks about
+to start and, on SQLite at most every 50 ms, the finished records; PostgreSQL, MySQL/MariaDB
+and Redis write history beside the cycles), so P bounds the batch size.
 ``--producers 200`` gives larger batches; the "write-ahead txns" column shows them.
 
 Variants run interleaved, ``--repeat`` times each (3), every run in a fresh process on a
