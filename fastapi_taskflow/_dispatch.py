@@ -94,9 +94,9 @@ class Dispatcher:
     def reserve(self, job: Job) -> bool:
         """Take a running slot now for an admitted job that is to start the moment its
         write-ahead is durable; False (nothing taken) if it would have to wait its turn."""
-        lane = self._lanes[job.record.queue]
         if job.reserved:
             return True
+        lane = self._lanes[job.record.queue]
         if lane.heap or not lane.has_slot() or len(self.running) >= self._max_concurrent:
             return False
         lane.admitted -= 1

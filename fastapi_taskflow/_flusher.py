@@ -68,8 +68,8 @@ class Flusher:
     When the backend allows it (:meth:`SnapshotBackend._history_beside_write_ahead`), history
     is written by a task of its own, beside the write-ahead cycles rather than inside them:
     tasks waiting for their write-ahead never wait behind a batch of history. A task
-    accepted again under the id of a record not saved yet (a retry in place) first has that
-    record saved, since saving it removes the id from the pending store.
+    accepted again under the id of a record not saved yet (a retry in place) is held back
+    until that record is saved, since saving it removes the id from the pending store.
     """
 
     def __init__(

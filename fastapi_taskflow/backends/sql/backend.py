@@ -153,9 +153,14 @@ class SqlBackend(SnapshotBackend):
 
     async def save(self, records: list[TaskRecord]) -> int:
         """Upsert ``records`` into history in one transaction; return how many."""
+        return await self._write_history(records, None)
+
+    async def _write_history(
+        self, records: list[TaskRecord], pending_ids: Collection[str] | None
+    ) -> int:
         if not records:
             return 0
-        count, work = self._save_work(records)
+        count, work = self._save_work(records, pending_ids)
         await self._writes.run(self.engine, work, f"saving {count} task records")
         self._history_written()
         return count
@@ -175,12 +180,7 @@ class SqlBackend(SnapshotBackend):
     async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
         if not self._own_save():
             return await super()._save_history(records, pending_ids)
-        if not records:
-            return 0
-        count, work = self._save_work(records, pending_ids)
-        await self._writes.run(self.engine, work, f"saving {count} task records")
-        self._history_written()
-        return count
+        return await self._write_history(records, pending_ids)
 
     def _save_work(
         self, records: Sequence[TaskRecord], pending_ids: Collection[str] | None = None

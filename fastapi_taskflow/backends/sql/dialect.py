@@ -318,14 +318,15 @@ def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same transaction could succeed (lost connection, deadlock…)."""
     if isinstance(exc, OSError):  # refused, reset, timed out
         return True
-    if isinstance(exc, SQLITE_ERRORS):  # from the driver itself (see begin_write)
-        orig: BaseException | None = exc
-    elif not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    elif exc.connection_invalidated:
-        return True
-    else:
+    orig: BaseException | None
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
         orig = exc.orig
+    elif isinstance(exc, SQLITE_ERRORS):  # from the driver itself (see begin_write)
+        orig = exc
+    else:
+        return False
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if isinstance(code, str) and (code.startswith("08") or code in _PG_TRANSIENT):
         return True
