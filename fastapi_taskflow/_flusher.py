@@ -13,12 +13,13 @@ from typing import Protocol, runtime_checkable
 
 from ._gate import Gate
 from ._job import Job
-from ._models import TaskRecord, TaskStatus
+from ._models import TaskRecord, TaskStatus, construct_all
 from .backends.base import Coordinator, SnapshotBackend
 
 logger = logging.getLogger("fastapi_taskflow")
 
 _URGENT = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
+RUNNING = TaskStatus.RUNNING
 # While tasks flow through write-ahead, history rides along with every cycle at most this
 # often, or once this many finished records wait (see Flusher._history_may_wait).
 HISTORY_DELAY_S = 0.05
@@ -259,7 +260,7 @@ class Flusher:
             if status.is_terminal:
                 continue
             if claim is not None and status is TaskStatus.PENDING and claim(job):
-                record = record.model_copy(update={"status": TaskStatus.RUNNING})
+                record = construct_all(TaskRecord, **{**record.__dict__, "status": RUNNING})
             records.append(record)
         return records
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,39 @@ async def test_accept_stores_each_record_status(backend: SnapshotBackend) -> Non
         "task-0003": TaskStatus.PENDING,
         "task-0004": TaskStatus.RUNNING,
     }
+
+
+@pytest.mark.postgres
+async def test_postgres_write_cycles_outlive_the_connection_they_keep(
+    postgres_url: str, postgres_server: Any
+) -> None:
+    """On PostgreSQL the flusher's write-ahead cycles keep one connection between writes.
+    When the server drops it, the next cycle still writes everything, once, on another."""
+    from fastapi_taskflow.backends import SqlBackend
+
+    backend = SqlBackend(postgres_url)
+    await backend.open()
+    try:
+        c = backend.coordinator()
+        cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60, "finished": []}
+        assert await c.write_cycle([rec(1)], running=[], **cycle) == ["task-0001"]
+        database = postgres_url.rsplit("/", 1)[1]
+        killed = postgres_server.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = '{database}'"
+        )
+        assert int(killed) >= 1
+        running = TaskStatus.RUNNING
+        added = await c.write_cycle(
+            [rec(2), rec(3, status=running)], running=[rec(1, status=running)], **cycle
+        )
+        assert sorted(added) == ["task-0002", "task-0003"]
+        live = {r.task_id: r.status for r in await c.live(TaskFilter())}
+        assert live == {"task-0001": running, "task-0002": TaskStatus.PENDING, "task-0003": running}
+        # and the cycles after that one go on as before
+        assert await c.write_cycle([rec(4)], running=[], **cycle) == ["task-0004"]
+    finally:
+        await backend.close()
 
 
 async def test_claims_respect_leases_and_are_exclusive(backend: SnapshotBackend) -> None:

@@ -149,6 +149,7 @@ class SqlCoordinator:
             finished, finished_pending = (), None
         fast = self._fast(self._backend.engine.dialect)
         work: Work[list[str]] | None = None
+        one_statement = False  # outside any transaction (accept_and_update)
         what = f"accepting {len(accepted)} and starting {len(running)} tasks"
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
@@ -156,6 +157,7 @@ class SqlCoordinator:
             if not keyed and not any(r.task_id in marked for r in accepted):
                 until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
                 work = fast.accept_and_update(accepted, owner, until, running)
+                one_statement = work is not None
         if work is None:
             insert = None
             if accepted:
@@ -178,7 +180,11 @@ class SqlCoordinator:
                     f"writing {len(accepted)} accepted, {len(running)} started and "
                     f"{len(finished)} finished tasks"
                 )
-        added = list(await self._write(work, what)) if work is not None else []
+        added = []
+        if work is not None:  # (only the flusher's cycles call this: see run_here)
+            backend, guard = self._backend, self._backend._writes
+            run = guard.run_held if one_statement else guard.run_here
+            added = list(await run(backend.engine, work, what))
         if finished:
             self._backend._history_written()
         if later is not None:

@@ -8,8 +8,9 @@ and the caller awaits it through :func:`asyncio.shield`, so it commits or rolls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -65,7 +66,8 @@ class WriteGuard:
     """Runs write transactions shielded from cancellation and remembers those in flight."""
 
     def __init__(self) -> None:
-        self._inflight: set[asyncio.Task[object]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._held: AsyncConnection | None = None  # see run_held
 
     async def run(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
         """Run ``work`` in one write transaction that commits or rolls back whole."""
@@ -73,6 +75,48 @@ class WriteGuard:
         self._inflight.add(task)
         task.add_done_callback(self._forget)
         return await asyncio.shield(task)
+
+    async def run_here(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+        """:meth:`run` in the calling task, for a caller that is never cancelled mid-write
+        (the flusher's cycles: stopping waits for them). It saves a task and a shield per
+        write, and the write reaches the database before anything the caller has just
+        scheduled runs (tasks released by the previous write then run while it works)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight.add(done)  # (for drain)
+        try:
+            return await _attempts(engine, work, what, write=True)
+        finally:
+            self._inflight.discard(done)
+            done.set_result(None)
+
+    async def run_held(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+        """:meth:`run_here` for ``work`` that is one statement outside any transaction
+        (atomic on its own), on a connection kept checked out between calls: the pool's
+        checkout, begin, commit and return (several hundred microseconds of the app's time
+        on asyncpg) are saved on a stream of small writes. One caller at a time.
+
+        If the statement fails there, the connection is dropped and the write goes the
+        usual way (retried when transient, else translated), which also takes a new one.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight.add(done)
+        try:
+            conn, self._held = self._held, None
+            if conn is not None:
+                try:
+                    result = await work(conn)
+                except _DRIVER_ERRORS:
+                    await _drop(conn)
+                else:
+                    self._held = conn
+                    return result
+            result = await _attempts(engine, work, what, write=True)
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                self._held = await engine.connect()
+            return result
+        finally:
+            self._inflight.discard(done)
+            done.set_result(None)
 
     def _forget(self, task: asyncio.Task[object]) -> None:
         self._inflight.discard(task)
@@ -83,3 +127,14 @@ class WriteGuard:
         """Wait for every write still in flight (before the engine is disposed)."""
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        held, self._held = self._held, None
+        if held is not None:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await held.close()
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """Close a connection whose statement failed, without returning it to the pool."""
+    with contextlib.suppress(*_DRIVER_ERRORS):
+        await conn.invalidate()
+        await conn.close()
