@@ -47,6 +47,7 @@ class Recovery:
         coordinator = self._m._coordinator
         assert coordinator is not None
         unknown: list[TaskRecord] = []
+        given_back: list[TaskRecord] = []
         for record in records:
             mine = self._m.store.get(record.task_id)
             if mine is not None and mine.stage is not Stage.DONE:
@@ -58,6 +59,14 @@ class Recovery:
                 # interrupted, would overwrite the outcome it really had.
                 if self._m._flusher is not None:
                     self._m._flusher.add(mine.record)
+                continue
+            if not self._m.started:
+                # This instance began to shut down while the claim was in flight: a task
+                # that never started goes back at once, for a live instance, rather than
+                # when the lease ends. (One that was running keeps the lease: given back, it
+                # would read as never started, and be run again where it must not.)
+                if record.status is TaskStatus.PENDING:
+                    given_back.append(record)
                 continue
             job = self._job_for(record)
             if job is None:
@@ -85,6 +94,8 @@ class Recovery:
                     self._m.instance_id,
                 )
             await coordinator.release(self._m.instance_id, unknown)
+        if given_back:
+            await coordinator.release(self._m.instance_id, given_back)
 
     async def take(self, task_id: str) -> Job | None:
         """Claim one task that no live instance holds and return its local job."""

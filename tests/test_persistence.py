@@ -619,3 +619,59 @@ async def test_a_slot_taken_for_a_task_that_is_refused_is_given_back(
         release.set()
         assert (await finished(owner, held)).status is TaskStatus.SUCCESS
     assert runs == ["held", "later"]
+
+
+async def test_a_task_claimed_as_the_instance_stops_goes_back_at_once(
+    make_backend: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat claims a dead instance's tasks just as this instance begins to shut
+    down: one that never started is given back at once (a live instance claims it right
+    away, not when the lease ends), one that was running keeps the lease (given back, it
+    would read as never started), and no heartbeat failure is logged."""
+    tm = manager(make_backend, lease_s=30.0)
+
+    @tm.task(name="jobs.adopted", persist=True)
+    async def adopted() -> None:
+        pass
+
+    base = datetime.now(UTC)
+    records = [
+        TaskRecord(task_id=f"dead-{n}", func_name="jobs.adopted", created_at=base, status=status)
+        for n, status in enumerate((TaskStatus.PENDING, TaskStatus.RUNNING))
+    ]
+    release_claim = asyncio.Event()
+    async with tm:
+        coordinator = tm._coordinator
+        assert coordinator is not None and tm._leases is not None
+        await coordinator.accept(records, owner="dead", lease_s=0.01, key_ttl_s=60)
+        await asyncio.sleep(0.05)  # the dead instance's lease has ended
+        claim = coordinator.claim
+
+        claimed = asyncio.Event()
+
+        async def slow_claim(*args: Any, **kwargs: Any) -> list[TaskRecord]:
+            found = await claim(*args, **kwargs)
+            if found:
+                claimed.set()
+                await release_claim.wait()
+            return found
+
+        coordinator.claim = slow_claim  # type: ignore[method-assign]
+        tm._leases.poke()  # the next heartbeat now
+        await asyncio.wait_for(claimed.wait(), 5)
+        stopping = asyncio.create_task(tm.shutdown())  # (waits for the heartbeat)
+        await asyncio.sleep(0)
+        assert not tm.started
+        release_claim.set()
+        await stopping
+    assert "heartbeat" not in caplog.text and "not running" not in caplog.text
+    backend = make_backend()
+    await backend.open()
+    try:
+        other = backend.coordinator()
+        assert other is not None
+        taken = await other.claim("live", lease_s=30, limit=10)
+        assert [r.task_id for r in taken] == ["dead-0"]
+        assert taken[0].status is TaskStatus.PENDING
+    finally:
+        await backend.close()
