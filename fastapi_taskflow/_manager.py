@@ -651,6 +651,11 @@ class TaskManager:
                 job.task_id,
             )
         if self._state is not _State.RUNNING:
+            if self._state is _State.STOPPING and self._persists(job.config):
+                # Held when the shutdown began, which saves it as pending (to run after a
+                # restart, or on another instance); recorded as interrupted here, its
+                # history record would take it out of the pending store.
+                return
             assert self._executor is not None
             self._executor.finish(
                 job,

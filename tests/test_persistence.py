@@ -675,3 +675,65 @@ async def test_a_task_claimed_as_the_instance_stops_goes_back_at_once(
         assert taken[0].status is TaskStatus.PENDING
     finally:
         await backend.close()
+
+
+async def test_a_task_durable_only_once_shutdown_began_is_requeued_not_interrupted(
+    make_backend: BackendFactory,
+) -> None:
+    """A persisted task added just before shutdown, whose write-ahead becomes durable while
+    the shutdown gives running tasks their grace period, stays pending and runs after the
+    restart: it is not recorded as interrupted (which would also take it out of the
+    pending store)."""
+    runs: list[int] = []
+    release_blocker = asyncio.Event()
+
+    def register(tm: TaskManager) -> tuple[Any, Any]:
+        @tm.task(name="jobs.blocker", persist=True)
+        async def blocker() -> None:
+            await release_blocker.wait()
+
+        @tm.task(name="jobs.late", persist=True)
+        async def late(n: int) -> None:
+            runs.append(n)
+
+        return blocker, late
+
+    first = manager(make_backend, shutdown_grace=10.0)
+    blocker, late = register(first)
+    await first.startup()
+    try:
+        await first.enqueue(blocker)
+        coordinator = first._coordinator
+        assert coordinator is not None
+        writes_go = asyncio.Event()
+        for name in ("accept", "write_cycle"):
+            original = getattr(coordinator, name, None)
+            if original is None:
+                continue
+
+            async def held(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                await writes_go.wait()
+                return await _original(*args, **kwargs)
+
+            setattr(coordinator, name, held)
+        adding = asyncio.create_task(first.enqueue(late, 1))
+        await asyncio.sleep(0.05)  # its write-ahead is in flight, held
+        stopping = asyncio.create_task(first.shutdown())
+        await asyncio.sleep(0.05)  # the shutdown waits for the running blocker
+        assert not first.started and not stopping.done()
+        writes_go.set()
+        late_id = await adding
+        await asyncio.sleep(0.05)
+        release_blocker.set()
+    finally:
+        writes_go.set()
+        release_blocker.set()
+        await stopping
+    assert runs == []
+
+    second = manager(make_backend)
+    register(second)
+    async with second:
+        record = await finished(second, late_id)
+        assert record.status is TaskStatus.SUCCESS and record.source == "requeue"
+    assert runs == [1]
