@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ._gate import Gate
 from ._job import Job
-from ._models import TaskRecord, TaskStatus, construct_all
+from ._models import TaskRecord, TaskStatus
 from .backends.base import Coordinator, SnapshotBackend
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -250,8 +250,9 @@ class Flusher:
 
     def _ahead(self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]]) -> list[TaskRecord]:
         """The records to write ahead for ``batch``: a task that ended already is left out,
-        and one that claims its slot now goes as running (a copy: its own record still
-        says pending until it starts)."""
+        and one that claims its slot now goes as running. Its own record says running from
+        here on, as the shared store will: the task holds its slot and starts the moment
+        this write is durable."""
         claim = self._claim
         records = []
         for job, _, _ in batch:
@@ -260,7 +261,7 @@ class Flusher:
             if status.is_terminal:
                 continue
             if claim is not None and status is TaskStatus.PENDING and claim(job):
-                record = construct_all(TaskRecord, **{**record.__dict__, "status": RUNNING})
+                record.__dict__["status"] = RUNNING
             records.append(record)
         return records
 
