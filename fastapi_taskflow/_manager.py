@@ -759,7 +759,8 @@ class TaskManager:
         flusher = self._flusher
         if not job.leased or job.marked or flusher is None or not flusher.healthy:
             return  # (marked: written ahead as running already)
-        self._changed.pop(job.task_id, None)
+        # (The task stays in _changed: a mark may carry the status alone, and the heartbeat
+        # publishes the start time and attempts of a task still running then.)
         gate = flusher.started(job.record)  # shared by the tasks starting in this cycle
         if not await gate.wait(self.durability_timeout):
             logger.debug(

@@ -137,6 +137,28 @@ async def test_accept_stores_each_record_status(backend: SnapshotBackend) -> Non
     }
 
 
+async def test_running_marks_reach_the_live_view_and_claims(backend: SnapshotBackend) -> None:
+    """The flusher's running mark (in a write cycle where the coordinator has one, else an
+    update) is what the live view and an instance adopting the task after its owner died
+    see: that task as running (possibly run), the unmarked one as pending."""
+    c = coord(backend)
+    await c.accept([rec(1), rec(2)], owner="dead", lease_s=0.2, key_ttl_s=60)
+    marked = rec(1, status=TaskStatus.RUNNING)
+    write_cycle = getattr(c, "write_cycle", None)
+    if write_cycle is not None:
+        cycle = {"owner": "dead", "lease_s": 0.2, "key_ttl_s": 60, "finished": []}
+        assert await write_cycle([], running=[marked], **cycle) == []
+    else:
+        await c.update([marked])
+    shown = await c.get_live("task-0001")
+    assert shown is not None and shown.status is TaskStatus.RUNNING
+    running = await c.live(TaskFilter(statuses=(TaskStatus.RUNNING,)))
+    assert [r.task_id for r in running] == ["task-0001"]
+    await asyncio.sleep(0.3)
+    claimed = {r.task_id: r.status for r in await c.claim("b", lease_s=30, limit=10)}
+    assert claimed == {"task-0001": TaskStatus.RUNNING, "task-0002": TaskStatus.PENDING}
+
+
 @pytest.mark.postgres
 async def test_postgres_write_cycles_outlive_the_connection_they_keep(
     postgres_url: str, postgres_server: Any

@@ -737,3 +737,39 @@ async def test_a_task_durable_only_once_shutdown_began_is_requeued_not_interrupt
         record = await finished(second, late_id)
         assert record.status is TaskStatus.SUCCESS and record.source == "requeue"
     assert runs == [1]
+
+
+async def test_a_task_marked_running_shows_its_progress_after_the_heartbeat(
+    make_backend: BackendFactory,
+) -> None:
+    """A task that waited for a slot is marked running in the shared store when it starts
+    (on SQL backends the mark is the status alone); the owner's next heartbeat publishes its
+    start time and attempts, so another instance's live view shows them."""
+    release = {1: asyncio.Event(), 2: asyncio.Event()}
+    started: list[int] = []
+    tm = manager(make_backend, max_concurrent_tasks=1)
+
+    @tm.task(name="jobs.hold", persist=True)
+    async def hold(n: int) -> None:
+        started.append(n)
+        await release[n].wait()
+
+    async with tm:
+        coordinator = tm._coordinator
+        assert coordinator is not None and tm._leases is not None
+        await tm.enqueue(hold, 1)
+        await wait_for(lambda: started == [1])
+        second = await tm.enqueue(hold, 2)  # waits for the one slot
+        release[1].set()
+        await wait_for(lambda: started == [1, 2])
+
+        async def shared() -> TaskRecord | None:
+            return await coordinator.get_live(second)
+
+        record = await shared()
+        assert record is not None and record.status is TaskStatus.RUNNING
+        await tm._leases.beat()
+        record = await shared()
+        assert record is not None and record.status is TaskStatus.RUNNING
+        assert record.start_time is not None and len(record.attempts) == 1
+        release[2].set()

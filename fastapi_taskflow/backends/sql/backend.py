@@ -267,8 +267,10 @@ class SqlBackend(SnapshotBackend):
         """The unfinished tasks stored by :meth:`save_pending`, oldest first."""
 
         async def work(conn: AsyncConnection) -> list[TaskRecord]:
-            query = sa.select(pending.c.record).order_by(pending.c.created_at, pending.c.task_id)
-            return [from_pending_row(doc) for doc in await conn.scalars(query)]
+            query = sa.select(pending.c.record, pending.c.status)
+            query = query.order_by(pending.c.created_at, pending.c.task_id)
+            rows = await conn.execute(query)
+            return [from_pending_row(document, status) for document, status in rows]
 
         return await run_read(self.engine, work, "loading pending tasks")
 

@@ -101,9 +101,8 @@ class SqlCoordinator:
         rows = None
         if fast is None:
             rows = [
-                {**row, "status": record.status.value, "claimed_by": owner,
-                 "lease_until": until, "cancel_requested": False}
-                for row, record in zip(pending_rows(unique), unique, strict=True)
+                {**row, "claimed_by": owner, "lease_until": until, "cancel_requested": False}
+                for row in pending_rows(unique)
             ]  # fmt: skip
 
         async def work(conn: AsyncConnection) -> list[str]:
@@ -138,9 +137,12 @@ class SqlCoordinator:
         finished_pending: Collection[str] | None = None,
     ) -> list[str]:
         """One flush cycle in one transaction: :meth:`accept` ``accepted`` (returning the
-        ids added), :meth:`update` ``running`` and save ``finished`` to history (which
-        removes them from the pending store), as the three calls would, at the cost of one
-        commit instead of three. The records are read before this returns control."""
+        ids added), mark the tasks of ``running`` as running and save ``finished`` to
+        history (which removes them from the pending store), at the cost of one commit
+        instead of three. The records are read before this returns control.
+
+        A running mark is the task's status, set in the status column alone (readers take
+        the status from there)."""
         later = None
         if finished and not self._backend._own_save():
             # save() is overridden: history goes through it, after this transaction
@@ -149,14 +151,14 @@ class SqlCoordinator:
             finished, finished_pending = (), None
         fast = self._fast(self._backend.engine.dialect)
         work: Work[list[str]] | None = None
-        one_statement = False  # outside any transaction (accept_and_update)
+        one_statement = False  # outside any transaction (accept_and_mark)
         what = f"accepting {len(accepted)} and starting {len(running)} tasks"
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
             marked = {r.task_id for r in running}
             if not keyed and not any(r.task_id in marked for r in accepted):
                 until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
-                work = fast.accept_and_update(accepted, owner, until, running)
+                work = fast.accept_and_mark(accepted, owner, until, [r.task_id for r in running])
                 one_statement = work is not None
         if work is None:
             insert = None
@@ -164,7 +166,8 @@ class SqlCoordinator:
                 insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
             then: list[Work[None]] = []
             if running:
-                then.append(self._update_work(running))
+                ids = [r.task_id for r in running]
+                then.append(fast.mark_running(ids) if fast is not None else _mark_work(ids))
             if finished:
                 then.append(self._backend._save_work(finished, finished_pending)[1])
             if insert is not None or then:
@@ -233,8 +236,8 @@ class SqlCoordinator:
                 await conn.execute(
                     sa.update(pending).where(pending.c.task_id.in_(ids)).values(claimed)
                 )
-                query = sa.select(pending.c.record).where(pending.c.task_id.in_(ids))
-                documents = list(await conn.scalars(query))
+                query = sa.select(pending.c.record, pending.c.status)
+                rows = list(await conn.execute(query.where(pending.c.task_id.in_(ids))))
             else:
                 if conn.dialect.name == "postgresql":
                     chosen = pick.with_for_update(skip_locked=True).scalar_subquery()
@@ -244,10 +247,10 @@ class SqlCoordinator:
                     sa.update(pending)
                     .where(pending.c.task_id.in_(chosen))
                     .values(claimed)
-                    .returning(pending.c.record)
+                    .returning(pending.c.record, pending.c.status)
                 )
-                documents = list(await conn.scalars(statement))
-            found = [from_pending_row(doc) for doc in documents]
+                rows = list(await conn.execute(statement))
+            found = [from_pending_row(document, status) for document, status in rows]
             return sorted(found, key=lambda r: (r.created_at, r.task_id))
 
         return list(await self._write(work, "claiming pending tasks"))
@@ -341,7 +344,7 @@ class SqlCoordinator:
     async def live(
         self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
     ) -> TaskPage:
-        query = sa.select(pending.c.record)
+        query = sa.select(pending.c.record, pending.c.status)
         statuses = [s.value for s in filter.statuses if s.value in _LIVE]
         if filter.statuses:
             if not statuses:
@@ -351,17 +354,18 @@ class SqlCoordinator:
             query = query.where(pending.c.func_name == filter.func_name)
 
         async def work(conn: AsyncConnection) -> list[TaskRecord]:
-            return [from_pending_row(doc) for doc in await conn.scalars(query)]
+            rows = await conn.execute(query)
+            return [from_pending_row(document, status) for document, status in rows]
 
         records = await run_read(self._backend.engine, work, "reading live tasks")
         return page_of(records, filter, limit, cursor)
 
     async def get_live(self, task_id: str) -> TaskRecord | None:
-        query = sa.select(pending.c.record).where(pending.c.task_id == task_id)
+        query = sa.select(pending.c.record, pending.c.status).where(pending.c.task_id == task_id)
 
         async def work(conn: AsyncConnection) -> TaskRecord | None:
-            document = await conn.scalar(query)
-            return from_pending_row(document) if document is not None else None
+            row = (await conn.execute(query)).first()
+            return from_pending_row(row[0], row[1]) if row is not None else None
 
         result: TaskRecord | None = await run_read(self._backend.engine, work, "reading a task")
         return result
@@ -442,3 +446,16 @@ async def _insert_new(
             ours = ours.where(pending.c.lease_until == until)
         return list(await conn.scalars(ours))
     raise ConfigurationError(f"no pending-store support for the {dialect!r} dialect")
+
+
+def _mark_work(task_ids: Sequence[str]) -> Work[None]:
+    """Running marks through SQLAlchemy (drivers without :class:`PendingWrites`)."""
+    ids = list(dict.fromkeys(task_ids))
+
+    async def work(conn: AsyncConnection) -> None:
+        for matching in in_ids(pending.c.task_id, ids, conn.dialect.name):
+            await conn.execute(
+                sa.update(pending).where(matching).values(status=TaskStatus.RUNNING.value)
+            )
+
+    return work

@@ -1,13 +1,18 @@
 """The hot writes of the pending store in one driver-level statement per batch.
 
-Write-ahead puts every persisted task through ``taskflow_pending`` twice before it runs (the
-insert, then the running mark), so these two writes are fixed SQL strings run straight on
-the driver: no statement built or compiled per batch, no per-row SQLAlchemy processing, and
-the record documents serialised by pydantic-core. PostgreSQL (asyncpg) takes each column of
-a batch as one array (``unnest``); SQLite takes the whole batch of new tasks as one JSON
-parameter (``json_each``) and the running marks as an ``executemany``. Other drivers (and
+Write-ahead puts every persisted task through ``taskflow_pending`` before it runs (the
+insert and, for a task that waited for a slot, the running mark), so these writes are fixed
+SQL strings run straight on the driver: no statement built or compiled per batch, no per-row
+SQLAlchemy processing, and the record documents serialised by pydantic-core. PostgreSQL
+(asyncpg) takes each column of a batch as one array (``unnest``); SQLite takes the new tasks
+as an ``executemany`` and their ids as one JSON parameter (``json_each``). Other drivers (and
 connections given by the caller, whose driver may differ) use the portable SQLAlchemy
 statements of the coordinator instead.
+
+A running mark sets the ``status`` column alone: the row's document keeps the state it was
+accepted with (the heartbeat publishes the live state later), and readers take the status
+from the column (:func:`~.records.from_pending_row`). Writing the document again cost the
+app a serialisation and the database a JSON parse for every task that waited for a slot.
 """
 
 from __future__ import annotations
@@ -43,14 +48,14 @@ RETURNING task_id
 # Both at once: data-modifying CTEs make one statement, atomic on its own, one round trip.
 # The update cannot see rows the insert adds (one snapshot): callers never mark a task in
 # the cycle that adds it.
-_PG_ACCEPT_AND_UPDATE = f"""
+_PG_ACCEPT_AND_MARK = f"""
 WITH added AS ({_PG_ACCEPT}), marked AS (
-  UPDATE {PENDING} AS p SET status = u.status, record = u.record::json
-  FROM unnest($8::varchar[], $9::varchar[], $10::text[]) AS u(task_id, status, record)
-  WHERE p.task_id = u.task_id
+  UPDATE {PENDING} SET status = 'running' WHERE task_id = ANY($8::varchar[])
 )
 SELECT task_id FROM added
 """
+
+_PG_MARK = f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ANY($1::varchar[])"
 
 _PG_UPDATE = f"""
 UPDATE {PENDING} AS p SET status = t.status, record = t.record::json
@@ -72,6 +77,8 @@ WHERE task_id IN (SELECT value FROM json_each(?)) AND claimed_by IS ? AND lease_
 _SQLITE_PRESENT = f"SELECT task_id FROM {PENDING} WHERE task_id IN (SELECT value FROM json_each(?))"
 
 _SQLITE_UPDATE = f"UPDATE {PENDING} SET status = ?, record = ? WHERE task_id = ?"
+
+_SQLITE_MARK = f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ?"
 
 _FAST = frozenset({("postgresql", "asyncpg"), ("sqlite", "aiosqlite")})
 
@@ -168,17 +175,17 @@ class PendingWrites:
 
         return run
 
-    def accept_and_update(
+    def accept_and_mark(
         self,
         accepted: Sequence[TaskRecord],
         owner: str | None,
         until: datetime | None,
-        running: Sequence[TaskRecord],
+        running: Sequence[str],
     ) -> Statement | None:
-        """:meth:`accept` and :meth:`update` as one statement that is the whole unit of work
-        (PostgreSQL; None elsewhere). It runs on the driver's connection outside any
-        transaction: one statement is atomic by itself, and the round trips of ``BEGIN``
-        and ``COMMIT`` are saved."""
+        """:meth:`accept` and :meth:`mark_running` as one statement that is the whole unit
+        of work (PostgreSQL; None elsewhere). It runs on the driver's connection outside
+        any transaction: one statement is atomic by itself, and the round trips of
+        ``BEGIN`` and ``COMMIT`` are saved."""
         if self.dialect != "postgresql":
             return None
         params = (
@@ -189,21 +196,34 @@ class PendingWrites:
             owner,
             self._stamps([until])[0],
             [r.status.value for r in accepted],
-            [r.task_id for r in running],
-            [r.status.value for r in running],
-            documents(running),
+            list(running),
         )
 
         async def run(conn: AsyncConnection) -> list[str]:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             try:
-                rows = await driver.fetch(_PG_ACCEPT_AND_UPDATE, *params)
+                rows = await driver.fetch(_PG_ACCEPT_AND_MARK, *params)
             except OSError:
                 raise
             except Exception as exc:  # asyncpg's own: in SQLAlchemy's terms for the retry
-                raise DBAPIError(_PG_ACCEPT_AND_UPDATE, None, exc) from exc
+                raise DBAPIError(_PG_ACCEPT_AND_MARK, None, exc) from exc
             return [row[0] for row in rows]
+
+        return run
+
+    def mark_running(self, task_ids: Sequence[str]) -> Statement:
+        """Set the status of these tasks to running (ids not present: ignored)."""
+        ids = list(task_ids)
+        if self.dialect == "postgresql":
+
+            async def run(conn: AsyncConnection) -> None:
+                await conn.exec_driver_sql(_PG_MARK, (ids,))
+        else:
+            rows = [(task_id,) for task_id in ids]
+
+            async def run(conn: AsyncConnection) -> None:
+                await (await _aiosqlite(conn)).executemany(_SQLITE_MARK, rows)
 
         return run
 

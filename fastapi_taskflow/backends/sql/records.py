@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Json, TypeAdapter
 
-from ..._models import TaskRecord
+from ..._models import TaskRecord, TaskStatus
 from .bulk import JSON_BATCH, json_documents
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
 
@@ -167,6 +167,7 @@ def pending_rows(records: list[TaskRecord]) -> list[Row]:
             "func_name": r.func_name,
             "created_at": r.created_at,
             "record": r.model_dump(mode="json", fallback=repr),
+            "status": r.status.value,
         }
         for r in records
     ]
@@ -177,9 +178,13 @@ def from_history_row(row: Mapping[Any, Any]) -> TaskRecord:
     return TaskRecord.model_validate(dict(row))
 
 
-def from_pending_row(document: Any) -> TaskRecord:
-    """A record from the ``record`` column of ``taskflow_pending``, timestamps in UTC."""
+def from_pending_row(document: Any, status: str | None = None) -> TaskRecord:
+    """A record from a ``taskflow_pending`` row, timestamps in UTC: its ``record`` document
+    with the ``status`` column's value, which a running mark sets alone (the document
+    keeps the state the task was accepted with)."""
     record = TaskRecord.model_validate(document)
+    if status is not None and status != record.status.value:
+        record.__dict__["status"] = TaskStatus(status)
     shifted = {
         name: stamp.astimezone(UTC)
         for name in _TIMESTAMPS

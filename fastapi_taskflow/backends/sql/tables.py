@@ -204,6 +204,7 @@ pending = sa.Table(
     sa.Column("record", sa.JSON(), nullable=False),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("lease_until", UTCDateTime(), nullable=True),
+    # The task's status (the document's own may be older: a running mark sets this alone).
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index("ix_taskflow_pending_created", "created_at", "task_id"),
