@@ -205,3 +205,44 @@ async def test_one_live_view_across_instances(
         assert retried.json()["task_id"] == failing
         final = await seen_on_b("success", failing)
         assert final["instance_id"] == "instance-b"
+
+
+@pytest.mark.parametrize(  # SQL backends: Redis refuses connection= (no shared transaction)
+    "shared_url",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)
+async def test_transactional_enqueue_across_instances(
+    spawn: Callable[..., Instance], observer: SnapshotBackend, tmp_path: Path
+) -> None:
+    """Orders and their tasks written in the application's transactions on two instances:
+    a rolled-back one leaves neither order nor task; a committed one runs exactly once, on
+    whichever instance claims it after the commit."""
+    a, b = spawn("instance-a"), spawn("instance-b")
+    committed: list[str] = []
+    rolled_back: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for n in range(1, 41):
+            target = a if n % 2 else b
+            commit = n % 4 != 0  # every fourth order is rolled back
+            response = await client.post(f"{target.base}/order", params={"n": n, "commit": commit})
+            assert response.status_code == 200, response.text
+            (committed if commit else rolled_back).append(response.json()["task_id"])
+        history = await settle(observer, set(committed))
+        orders = (await client.get(f"{a.base}/orders")).json()
+    assert orders == [n for n in range(1, 41) if n % 4 != 0]
+    assert all(history[i].status is TaskStatus.SUCCESS for i in committed)
+    assert all(history[i].source == "transaction" for i in committed)
+    assert not set(rolled_back) & history.keys()
+    coordinator = observer.coordinator()
+    assert coordinator is not None
+    assert [i for i in rolled_back if await coordinator.get_live(i) is not None] == []
+    runs = run_counts(tmp_path / "runs.log")
+    assert {i: runs.get(i, 0) for i in committed} == {i: 1 for i in committed}
+    assert not set(rolled_back) & runs.keys()
+    ran_on = {history[i].instance_id for i in committed}
+    assert ran_on <= {"instance-a", "instance-b"}

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 
+import sqlalchemy as sa
 from fastapi import BackgroundTasks, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fastapi_taskflow import TaskAdmin, TaskManager, get_task_context
+from fastapi_taskflow.backends.sql import make_async_url
 
 RUNS = os.environ["TASKFLOW_RUNS"]
 
@@ -82,6 +85,41 @@ async def enqueue(func: str, count: int = 1, sleep_s: float = 0.01, start: int =
 @app.post("/keyed")
 def keyed(key: str, background_tasks: BackgroundTasks) -> dict[str, str]:
     return {"task_id": background_tasks.add_task(hold, 0.2, idempotency_key=key)}
+
+
+# The application's own database work (SQL backends): an order and its task in one
+# transaction, committed or rolled back.
+orders = sa.Table("orders", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+_engine: AsyncEngine | None = None
+
+
+async def _orders_engine() -> AsyncEngine:
+    global _engine
+    if _engine is None:
+        _engine = create_async_engine(make_async_url(os.environ["TASKFLOW_URL"]))
+        async with _engine.begin() as conn:
+            await conn.run_sync(orders.metadata.create_all)
+    return _engine
+
+
+@app.post("/order")
+async def order(n: int, commit: bool) -> dict[str, str]:
+    """Insert order ``n`` and enqueue its ``work`` task in one transaction, then commit or
+    roll back; the task exists if and only if the order does."""
+    engine = await _orders_engine()
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        await conn.execute(orders.insert().values(id=n))
+        task_id = await task_manager.enqueue(work, n, 0.01, connection=conn)
+        await (transaction.commit() if commit else transaction.rollback())
+    return {"task_id": task_id}
+
+
+@app.get("/orders")
+async def list_orders() -> list[int]:
+    engine = await _orders_engine()
+    async with engine.connect() as conn:
+        return sorted((await conn.scalars(sa.select(orders.c.id))).all())
 
 
 @app.get("/health")
