@@ -1,5 +1,7 @@
 """A backend that goes away for ten seconds in the middle of 5,000 tasks: requests keep
-being served, tasks keep running, nothing is lost, and the app recovers by itself."""
+being served, tasks keep running, nothing is lost, and the app recovers by itself. The app
+is a real uvicorn process (tests/apps/multi_app.py); the servers are private ones this
+module stops and starts again with their data kept."""
 
 from __future__ import annotations
 
@@ -10,14 +12,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import _servers
 import httpx
 import pytest
-from fastapi import BackgroundTasks, FastAPI
+from _instances import Instance, run_counts
 
-from fastapi_taskflow import TaskAdmin, TaskFilter, TaskManager, TaskStatus
+from fastapi_taskflow import TaskFilter, TaskManager, TaskStatus
+from fastapi_taskflow._manager import backend_from_url
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 10.0
@@ -28,14 +32,20 @@ class Outage:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.server: Any = (
-            _servers.PostgresServer() if kind == "postgres" else _servers.RedisServer()
-        )
+        servers = {
+            "postgres": _servers.PostgresServer,
+            "mysql": _servers.MariaDBServer,
+            "redis": _servers.RedisServer,
+        }
+        self.server: Any = servers[kind]()
         self.server.start()
+        if kind == "mysql":
+            self.server.create_database("outage")
+        self._argv: list[str] = []
 
     @property
     def url(self) -> str:
-        return str(self.server.url())
+        return str(self.server.url("outage") if self.kind == "mysql" else self.server.url())
 
     def down(self) -> None:
         server = self.server
@@ -51,6 +61,9 @@ class Outage:
                     "stop",
                 ]
             )
+        elif self.kind == "mysql":
+            self._argv = list(server.proc.args)
+            server._terminate()  # SIGTERM: a clean shutdown, the data kept
         else:
             server.command("SAVE")  # keep the data across the restart, like a real deployment
             server.proc.send_signal(signal.SIGTERM)
@@ -70,6 +83,9 @@ class Outage:
                  str(server.datadir.parent / "postgres.log"), "-o", opts, "-w", "start"]
             )  # fmt: skip
             assert result.returncode == 0, result.stderr
+        elif self.kind == "mysql":
+            server._spawn(self._argv, server.tmpdir / "stdout.log")
+            assert server._wait_ready(30.0)
         else:
             binary = shutil.which("redis-server") or "/usr/bin/redis-server"
             server._spawn(
@@ -85,6 +101,7 @@ class Outage:
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql),
                         pytest.param("redis", marks=pytest.mark.redis)])  # fmt: skip
 def outage(request: pytest.FixtureRequest) -> Iterator[Outage]:
     if _servers.os.environ.get("TASKFLOW_TEST_NO_SERVERS"):
@@ -97,31 +114,19 @@ def outage(request: pytest.FixtureRequest) -> Iterator[Outage]:
 
 
 async def test_backend_down_for_ten_seconds_during_5000_tasks(
-    outage: Outage, caplog: pytest.LogCaptureFixture
+    outage: Outage, tmp_path: Path
 ) -> None:
-    tm = TaskManager(
-        database_url=outage.url, snapshot_interval=1.0, lease_s=3.0, durability_timeout=1.0,
-        max_concurrent_tasks=50,
-    )  # fmt: skip
-    app = FastAPI()
-    TaskAdmin(app, tm, auto_install=True)
-    done = 0
-
-    @tm.task(name="outage.work", persist=True)
-    async def work(n: int) -> None:
-        nonlocal done
-        await asyncio.sleep(0.001)
-        done += 1
-
-    @app.post("/batch")
-    def batch(start: int, background_tasks: BackgroundTasks) -> list[str]:
-        return [background_tasks.add_task(work, start + i) for i in range(20)]
-
+    """A real application process (uvicorn) adds 5,000 persisted tasks through HTTP, 20 per
+    request, while its database (or Redis) is stopped for ten seconds in the middle."""
+    runs = tmp_path / "runs.log"
+    app = Instance(
+        outage.url, "outage-a", runs,
+        TASKFLOW_LEASE="3", TASKFLOW_CONCURRENCY="50", TASKFLOW_DURABILITY="1",
+    ).start()  # fmt: skip
     ids: list[str] = []
     statuses: list[int] = []
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    try:
+        async with httpx.AsyncClient(base_url=app.base, timeout=30) as client:
 
             async def produce(first: int, last: int) -> None:
                 for start in range(first, last, 20):
@@ -138,25 +143,30 @@ async def test_backend_down_for_ten_seconds_during_5000_tasks(
             await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - went_down)))
             outage.up()
             await produce(4000, 5000)
-            assert statuses == [200] * 250  # no request failed because of the outage
-            assert len(set(ids)) == 5000
-            async with asyncio.timeout(90):
-                while done < 5000:
-                    await asyncio.sleep(0.1)
-            backend = tm.backend
-            assert backend is not None
-            history = backend.history()
-            coordinator = backend.coordinator()
+        assert statuses == [200] * 250  # no request failed because of the outage
+        assert len(set(ids)) == 5000
+        async with asyncio.timeout(90):
+            while sum(run_counts(runs).values()) < 5000:
+                await asyncio.sleep(0.2)
+        observer = backend_from_url(outage.url, auto_migrate=False)
+        await observer.open()
+        try:
+            history, coordinator = observer.history(), observer.coordinator()
             assert history is not None and coordinator is not None
             async with asyncio.timeout(90):  # the buffered writes land once it is back
                 while await history.count(TaskFilter(statuses=(TaskStatus.SUCCESS,))) < 5000:
                     await asyncio.sleep(0.25)
             assert await history.count(TaskFilter()) == 5000
             assert (await coordinator.live(TaskFilter())).items == []
-    assert done == 5000  # every task ran exactly once
-    # the outage was real: writes failed, were buffered, and went through afterwards
-    assert "writing to the backend failed" in caplog.text
-    assert "the backend is back" in caplog.text
+        finally:
+            await observer.close()
+        assert run_counts(runs) == dict.fromkeys(ids, 1)  # every task ran exactly once
+        # the outage was real: writes failed, were buffered, and went through afterwards
+        log = app.log.read_text()
+        assert "writing to the backend failed" in log
+        assert "the backend is back" in log
+    finally:
+        app.kill()
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])

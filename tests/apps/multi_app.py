@@ -4,6 +4,7 @@ TASKFLOW_URL       database or Redis URL shared by the instances
 TASKFLOW_INSTANCE  this instance's id
 TASKFLOW_LEASE     lease in seconds (short in tests)
 TASKFLOW_RUNS      a file each task run appends "<task_id> <function>" to
+TASKFLOW_CONCURRENCY, TASKFLOW_DURABILITY  max_concurrent_tasks, durability_timeout
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ task_manager = TaskManager(
     snapshot_interval=0.5,
     max_concurrent_tasks=int(os.environ.get("TASKFLOW_CONCURRENCY", "10")),
     shutdown_grace=1.0,
+    durability_timeout=float(os.environ.get("TASKFLOW_DURABILITY", "5")),
 )
 app = FastAPI()
 TaskAdmin(app, task_manager, auto_install=True, display_func_args=True)
@@ -80,6 +82,12 @@ async def enqueue(func: str, count: int = 1, sleep_s: float = 0.01, start: int =
     else:
         calls = [task_manager.enqueue(target, start + n, sleep_s) for n in range(count)]
     return list(await asyncio.gather(*calls))
+
+
+@app.post("/batch")
+async def batch(start: int, background_tasks: BackgroundTasks, sleep_s: float = 0.001) -> list[str]:
+    """Twenty ``work`` tasks added the drop-in way (they start after the response)."""
+    return [background_tasks.add_task(work, start + i, sleep_s) for i in range(20)]
 
 
 @app.post("/keyed")
