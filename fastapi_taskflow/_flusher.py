@@ -24,6 +24,13 @@ RUNNING = TaskStatus.RUNNING
 # often, or once this many finished records wait (see Flusher._history_may_wait).
 HISTORY_DELAY_S = 0.05
 HISTORY_BATCH = 1_000
+# Write-ahead cycles in flight at once where the backend takes writes on several connections
+# (see Flusher): tasks accepted while one cycle's write is in the database are written by a
+# second one meanwhile, instead of waiting for the first to return.
+PIPELINED_CYCLES = 2
+
+_Accepted = tuple[Job, "asyncio.Future[bool]", Gate[Job]]
+_Starting = tuple[TaskRecord, Gate[Job]]
 
 
 @runtime_checkable
@@ -71,6 +78,11 @@ class Flusher:
     tasks waiting for their write-ahead never wait behind a batch of history. A task
     accepted again under the id of a record not saved yet (a retry in place) is held back
     until that record is saved, since saving it removes the id from the pending store.
+    There, too, up to ``PIPELINED_CYCLES`` write-ahead cycles are in flight at once, each
+    on its own connection with the tasks it took from the queue when it began: the app's
+    work for one batch overlaps the database's work for another. Whatever else needs the
+    writes to stand still (:meth:`flush`, :meth:`withdrawn`, a cycle after a failure) waits
+    for every cycle in flight and holds them all off.
     """
 
     def __init__(
@@ -91,8 +103,12 @@ class Flusher:
         self._claim = claim
         # Tasks to write ahead and running marks to save, each with the gate of its batch
         # (the gate still collecting is the last one; the next write seals it).
-        self._accepting: dict[str, tuple[Job, asyncio.Future[bool], Gate[Job]]] = {}
-        self._starting: dict[str, tuple[TaskRecord, Gate[Job]]] = {}
+        # Both hold every entry until its write commits; the queues only those no write has
+        # taken yet (a write that fails gives its entries back).
+        self._accepting: dict[str, _Accepted] = {}
+        self._starting: dict[str, _Starting] = {}
+        self._accept_queue: dict[str, _Accepted] = {}
+        self._start_queue: dict[str, _Starting] = {}
         self._accept_gate: Gate[Job] | None = None
         self._start_gate: Gate[Job] | None = None
         # A coordinator that writes a whole cycle (accepted, started, finished) in one
@@ -113,10 +129,15 @@ class Flusher:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one flush cycle at a time
+        self._lock = asyncio.Lock()  # taken with every slot: writes stand still (_exclusive)
         # History writes, whether in a cycle or beside it (``_history_lock``), one at a time.
         self._history_lock = asyncio.Lock()
         self._beside = write_ahead is not None and backend._history_beside_write_ahead()
+        # Write cycles in flight at once: one, or PIPELINED_CYCLES beside history.
+        self._lanes = PIPELINED_CYCLES if self._beside else 1
+        self._slots = asyncio.Semaphore(self._lanes)
+        self._cycles: set[asyncio.Task[None]] = set()
+        self._failures = 0  # consecutive failed cycles (the loop backs off)
         self._beside_task: asyncio.Task[None] | None = None
         self._beside_failed = False  # then history goes in the cycles until a write succeeds
         self._history_first = False  # an accepted id may have a record not saved yet
@@ -158,7 +179,7 @@ class Flusher:
         gate.expected += 1
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         task_id = job.task_id
-        self._accepting[task_id] = (job, future, gate)
+        self._accepting[task_id] = self._accept_queue[task_id] = (job, future, gate)
         if task_id in self._dirty or task_id in self._saving:
             self._history_first = True
         self._wake.set()
@@ -186,7 +207,7 @@ class Flusher:
         if gate is None:
             gate = self._start_gate = Gate()
         gate.expected += 1
-        self._starting[record.task_id] = (record, gate)
+        self._starting[record.task_id] = self._start_queue[record.task_id] = (record, gate)
         self._wake.set()
         return gate
 
@@ -206,7 +227,7 @@ class Flusher:
 
         If the caller fails, the record is buffered again (nothing is lost).
         """
-        async with self._lock, self._history_lock:
+        async with self._exclusive(), self._history_lock:
             record = self._dirty.pop(task_id, None)
             self._no_pending.discard(task_id)  # (a record buffered again may have a row)
             try:
@@ -221,34 +242,62 @@ class Flusher:
         # first await, and a task does not start before its record is written.
         wal = self._write_ahead
         assert wal is not None
-        while self._accepting:
+        while self._accept_queue:
             # Sealed before each write: tasks accepted while it is in flight join a new
             # gate, which this write does not open (its batch is taken now).
             self._accept_gate = None
             batch = self._to_accept()
             if not batch:
                 return
-            live = self._ahead(batch)
-            added = set(
-                await wal.coordinator.accept(
-                    live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
-                )
-            ) if live else set()  # fmt: skip
+            with self._taken(batch, []):
+                live = self._ahead(batch)
+                added = set(
+                    await wal.coordinator.accept(
+                        live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
+                    )
+                ) if live else set()  # fmt: skip
             self._settle_accepted(batch, added)
 
-    def _to_accept(self) -> list[tuple[Job, asyncio.Future[bool], Gate[Job]]]:
-        """Up to a batch of accepted tasks to write ahead. One that reuses the id of a record
-        not saved yet (a retry in place) is held back until that record is saved, since
-        saving it removes the id from the pending store."""
+    def _to_accept(self) -> list[_Accepted]:
+        """Take up to a batch of accepted tasks to write ahead off the queue. One that reuses
+        the id of a record not saved yet (a retry in place) is held back until that record
+        is saved, since saving it removes the id from the pending store."""
+        queue = self._accept_queue
+        size = self._batch_size
         if not self._history_first:
-            return list(itertools.islice(self._accepting.values(), self._batch_size))
-        unsaved = self._dirty.keys() | self._saving.keys()
-        ready = [entry for entry in self._accepting.values() if entry[0].task_id not in unsaved]
-        if len(ready) == len(self._accepting):
-            self._history_first = False
-        return ready[: self._batch_size]
+            batch = list(itertools.islice(queue.values(), size))
+        else:
+            unsaved = self._dirty.keys() | self._saving.keys()
+            ready = [entry for entry in queue.values() if entry[0].task_id not in unsaved]
+            if len(ready) == len(queue):
+                self._history_first = False
+            batch = ready[:size]
+        for entry in batch:
+            del queue[entry[0].task_id]
+        return batch
 
-    def _ahead(self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]]) -> list[TaskRecord]:
+    def _to_start(self) -> list[_Starting]:
+        """Take up to a batch of running marks to save off the queue."""
+        queue = self._start_queue
+        batch = list(itertools.islice(queue.values(), self._batch_size))
+        for entry in batch:
+            del queue[entry[0].task_id]
+        return batch
+
+    @contextlib.contextmanager
+    def _taken(self, accepting: list[_Accepted], starting: list[_Starting]) -> Iterator[None]:
+        """Give entries taken for a write back to the front of their queues if it fails,
+        to be written again (unless a newer entry replaced one meanwhile)."""
+        try:
+            yield
+        except BaseException:
+            back_a = {e[0].task_id: e for e in accepting if self._accepting.get(e[0].task_id) is e}
+            self._accept_queue = back_a | self._accept_queue
+            back_s = {e[0].task_id: e for e in starting if self._starting.get(e[0].task_id) is e}
+            self._start_queue = back_s | self._start_queue
+            raise
+
+    def _ahead(self, batch: list[_Accepted]) -> list[TaskRecord]:
         """The records to write ahead for ``batch``: a task that ended already is left out,
         and one that claims its slot now goes as running. Its own record says running from
         here on, as the shared store will: the task holds its slot and starts the moment
@@ -265,11 +314,10 @@ class Flusher:
             records.append(record)
         return records
 
-    def _settle_accepted(
-        self, batch: list[tuple[Job, asyncio.Future[bool], Gate[Job]]], added: set[str]
-    ) -> None:
-        for job, future, gate in batch:
-            if self._accepting.get(job.task_id, (None,))[0] is job:
+    def _settle_accepted(self, batch: list[_Accepted], added: set[str]) -> None:
+        for entry in batch:
+            job, future, gate = entry
+            if self._accepting.get(job.task_id) is entry:
                 del self._accepting[job.task_id]
             if future.done():
                 pass
@@ -300,15 +348,17 @@ class Flusher:
 
     async def _started_batch(self) -> None:
         assert self._write_ahead is not None
-        while self._starting:
+        while self._start_queue:
             self._start_gate = None  # (as in _write_ahead_batch)
-            batch = list(itertools.islice(self._starting.values(), self._batch_size))
-            await self._write_ahead.coordinator.update([record for record, _ in batch])
+            batch = self._to_start()
+            with self._taken([], batch):
+                await self._write_ahead.coordinator.update([record for record, _ in batch])
             self._settle_started(batch)
 
-    def _settle_started(self, batch: list[tuple[TaskRecord, Gate[Job]]]) -> None:
-        for record, gate in batch:
-            if self._starting.get(record.task_id, (None,))[0] is record:
+    def _settle_started(self, batch: list[_Starting]) -> None:
+        for entry in batch:
+            record, gate = entry
+            if self._starting.get(record.task_id) is entry:
                 del self._starting[record.task_id]
             gate.settle()
 
@@ -318,13 +368,15 @@ class Flusher:
         saved. What is left over (more than a batch) is written by the separate steps."""
         wal = self._write_ahead
         assert wal is not None
+        if not (self._accept_queue or self._start_queue):  # history alone: save(), as always
+            return 0
         self._accept_gate = self._start_gate = None  # later ones wait for the next write
         accepting = self._to_accept()
-        starting = list(itertools.islice(self._starting.values(), self._batch_size))
-        if not (accepting or starting):  # history alone: SnapshotBackend.save, as always
+        starting = self._to_start()
+        if not (accepting or starting):
             return 0
         finished = list(itertools.islice(self._dirty.values(), self._batch_size * history))
-        with self._writing(finished):
+        with self._taken(accepting, starting), self._writing(finished):
             added = await writer.write_cycle(
                 self._ahead(accepting),
                 owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
@@ -380,33 +432,55 @@ class Flusher:
             and asyncio.get_running_loop().time() - self._history_at < HISTORY_DELAY_S
         )
 
-    async def _flush(self, *, history_may_wait: bool) -> int:
-        written = 0
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """Wait for the write cycles in flight and hold new ones off for the body."""
         async with self._lock:
-            later = history_may_wait and self._history_may_wait()
-            beside = history_may_wait and self._beside and self.healthy and not self._beside_failed
-            if not later and self._dirty:
-                self._history_at = asyncio.get_running_loop().time()
-            inline = not (later or beside)  # this flush writes history itself
-            async with self._history_lock if inline else contextlib.nullcontext():
-                if self._write_ahead is not None:
-                    # Healthy: one transaction per cycle. After a failure, separate ones, so
-                    # that a batch the backend refuses holds up nothing else.
-                    if self._one_transaction is not None and self.healthy:
-                        written += await self._one_cycle(self._one_transaction, history=inline)
-                    await self._write_ahead_batch()
-                    await self._started_batch()
-                if inline:
-                    written += await self._save_buffered()
-                    self._beside_failed = False
-            if beside and not later and self._dirty and self._beside_task is None:
-                self._beside_task = asyncio.get_running_loop().create_task(
-                    self._save_beside(), name="taskflow-history"
-                )
-            if inline and self._history_first and self._accepting:
-                # Tasks held back by _to_accept: their ids' records are saved now. (Beside
-                # the cycles, the history task wakes the loop when it is done.)
-                self._wake.set()
+            taken = 0
+            try:
+                while taken < self._lanes:
+                    await self._slots.acquire()
+                    taken += 1
+                yield
+            finally:
+                for _ in range(taken):
+                    self._slots.release()
+
+    def _pipelined(self) -> bool:
+        """Whether the loop starts cycles beside one in flight (see the class docstring)."""
+        return self._lanes > 1 and self.healthy and not self._beside_failed
+
+    async def _flush(self, *, history_may_wait: bool) -> int:
+        async with self._exclusive():
+            return await self._cycle(history_may_wait=history_may_wait)
+
+    async def _cycle(self, *, history_may_wait: bool) -> int:
+        """One write cycle (hold ``_exclusive``, or one slot when pipelined)."""
+        written = 0
+        later = history_may_wait and self._history_may_wait()
+        beside = history_may_wait and self._beside and self.healthy and not self._beside_failed
+        if not later and self._dirty:
+            self._history_at = asyncio.get_running_loop().time()
+        inline = not (later or beside)  # this flush writes history itself
+        async with self._history_lock if inline else contextlib.nullcontext():
+            if self._write_ahead is not None:
+                # Healthy: one transaction per cycle. After a failure, separate ones, so
+                # that a batch the backend refuses holds up nothing else.
+                if self._one_transaction is not None and self.healthy:
+                    written += await self._one_cycle(self._one_transaction, history=inline)
+                await self._write_ahead_batch()
+                await self._started_batch()
+            if inline:
+                written += await self._save_buffered()
+                self._beside_failed = False
+        if beside and not later and self._dirty and self._beside_task is None:
+            self._beside_task = asyncio.get_running_loop().create_task(
+                self._save_beside(), name="taskflow-history"
+            )
+        if inline and self._history_first and self._accept_queue:
+            # Tasks held back by _to_accept: their ids' records are saved now. (Beside
+            # the cycles, the history task wakes the loop when it is done.)
+            self._wake.set()
         self.written += written
         return written
 
@@ -440,13 +514,12 @@ class Flusher:
                 self._wake.set()
 
     async def _loop(self) -> None:
-        failures = 0
         while True:
             # Healthy: sleep until there is work (a SUCCESS/FAILED, an accepted or starting
             # task) or the interval passes. Failing: back off, and let nothing but a stop
             # request cut the wait short.
-            if failures:
-                event, wait = self._stopping, min(0.5 * 2 ** (failures - 1), 30.0)
+            if self._failures:
+                event, wait = self._stopping, min(0.5 * 2 ** (self._failures - 1), 30.0)
             else:
                 event, wait = self._wake, self._interval
             with contextlib.suppress(TimeoutError):
@@ -454,21 +527,51 @@ class Flusher:
                     await event.wait()
             if self._stopping.is_set():
                 return
+            if self._pipelined():
+                await self._slots.acquire()  # a cycle in flight may end first
+                if self._stopping.is_set():
+                    self._slots.release()
+                    return
+                self._wake.clear()
+                task = asyncio.get_running_loop().create_task(
+                    self._pipelined_cycle(), name="taskflow-write-ahead"
+                )
+                self._cycles.add(task)
+                task.add_done_callback(self._cycles.discard)
+                continue
             self._wake.clear()
             try:
                 await self._flush(history_may_wait=True)
-                failures = 0
-                if not self.healthy:
-                    logger.warning("fastapi-taskflow: the backend is back; buffered writes saved")
-                self.healthy = True
             except Exception as exc:
-                failures += 1
-                self.healthy = False
-                if failures == 1 or failures % 10 == 0:
-                    logger.warning(
-                        "fastapi-taskflow: writing to the backend failed (%s); %d records and "
-                        "%d accepted tasks are buffered and retried with backoff",
-                        exc,
-                        self.backlog,
-                        len(self._accepting),
-                    )
+                self._failed(exc)
+            else:
+                self._succeeded()
+
+    async def _pipelined_cycle(self) -> None:
+        """A cycle in a slot the loop took for it."""
+        try:
+            await self._cycle(history_may_wait=True)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
+        finally:
+            self._slots.release()
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        if not self.healthy:
+            logger.warning("fastapi-taskflow: the backend is back; buffered writes saved")
+        self.healthy = True
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self.healthy = False
+        if self._failures == 1 or self._failures % 10 == 0:
+            logger.warning(
+                "fastapi-taskflow: writing to the backend failed (%s); %d records and "
+                "%d accepted tasks are buffered and retried with backoff",
+                exc,
+                self.backlog,
+                len(self._accepting),
+            )

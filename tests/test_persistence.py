@@ -773,3 +773,51 @@ async def test_a_task_marked_running_shows_its_progress_after_the_heartbeat(
         assert record is not None and record.status is TaskStatus.RUNNING
         assert record.start_time is not None and len(record.attempts) == 1
         release[2].set()
+
+
+async def test_tasks_accepted_during_a_slow_write_ahead_are_written_beside_it(
+    make_backend: BackendFactory,
+) -> None:
+    """Where the backend takes writes on several connections (PostgreSQL, MySQL/MariaDB,
+    Redis), a second write-ahead cycle starts while the first is still in the database, so
+    a slow write does not hold up the tasks accepted meanwhile. SQLite (one writer) and the
+    in-memory reference backend write one cycle at a time."""
+    tm = manager(make_backend)
+    done: list[int] = []
+
+    @tm.task(name="jobs.quick", persist=True)
+    async def quick(n: int) -> None:
+        done.append(n)
+
+    async with tm:
+        coordinator = tm._coordinator
+        assert coordinator is not None and tm.backend is not None
+        beside = tm.backend._history_beside_write_ahead()
+        release = asyncio.Event()
+        calls: list[str] = []
+        for name in ("accept", "write_cycle"):
+            original = getattr(coordinator, name, None)
+            if original is None:
+                continue
+
+            async def slow_first(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                calls.append("write")
+                if len(calls) == 1:
+                    await release.wait()
+                return await _original(*args, **kwargs)
+
+            setattr(coordinator, name, slow_first)
+        first = asyncio.create_task(tm.enqueue(quick, 1))
+        try:
+            await wait_for(lambda: len(calls) == 1)
+            second = asyncio.create_task(tm.enqueue(quick, 2))
+            finished_early, _ = await asyncio.wait({second}, timeout=1.0)
+            assert bool(finished_early) is beside
+            if beside:
+                await wait_for(lambda: done == [2])
+        finally:
+            release.set()
+        ids = [await first, await second]
+        for task_id in ids:
+            assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
+    assert sorted(done) == [1, 2]

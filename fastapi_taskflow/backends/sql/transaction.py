@@ -22,6 +22,7 @@ T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
 
 RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+HELD_MAX = 2  # connections kept checked out for run_held (the flusher's cycles in flight)
 # What a unit of work may raise from the database: through SQLAlchemy, from the network, or
 # from the SQLite driver called directly.
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, *SQLITE_ERRORS)
@@ -67,7 +68,7 @@ class WriteGuard:
 
     def __init__(self) -> None:
         self._inflight: set[asyncio.Future[Any]] = set()
-        self._held: AsyncConnection | None = None  # see run_held
+        self._held: list[AsyncConnection] = []  # idle, kept for run_held
 
     async def run(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
         """Run ``work`` in one write transaction that commits or rolls back whole."""
@@ -93,7 +94,8 @@ class WriteGuard:
         """:meth:`run_here` for ``work`` that is one statement outside any transaction
         (atomic on its own), on a connection kept checked out between calls: the pool's
         checkout, begin, commit and return (several hundred microseconds of the app's time
-        on asyncpg) are saved on a stream of small writes. One caller at a time.
+        on asyncpg) are saved on a stream of small writes. Each caller in flight has its
+        own; up to ``HELD_MAX`` are kept between calls.
 
         If the statement fails there, the connection is dropped and the write goes the
         usual way (retried when transient, else translated), which also takes a new one.
@@ -101,18 +103,20 @@ class WriteGuard:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight.add(done)
         try:
-            conn, self._held = self._held, None
-            if conn is not None:
+            held = self._held
+            if held:
+                conn = held.pop()
                 try:
                     result = await work(conn)
                 except _DRIVER_ERRORS:
                     await _drop(conn)
                 else:
-                    self._held = conn
+                    held.append(conn)
                     return result
             result = await _attempts(engine, work, what, write=True)
-            with contextlib.suppress(*_DRIVER_ERRORS):
-                self._held = await engine.connect()
+            if len(held) < HELD_MAX:
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    held.append(await engine.connect())
             return result
         finally:
             self._inflight.discard(done)
@@ -127,10 +131,10 @@ class WriteGuard:
         """Wait for every write still in flight (before the engine is disposed)."""
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        held, self._held = self._held, None
-        if held is not None:
+        held, self._held = self._held, []
+        for conn in held:
             with contextlib.suppress(*_DRIVER_ERRORS):
-                await held.close()
+                await conn.close()
 
 
 async def _drop(conn: AsyncConnection) -> None:
