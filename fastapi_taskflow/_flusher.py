@@ -79,10 +79,10 @@ class Flusher:
     accepted again under the id of a record not saved yet (a retry in place) is held back
     until that record is saved, since saving it removes the id from the pending store.
     There, too, up to ``PIPELINED_CYCLES`` write-ahead cycles are in flight at once, each
-    on its own connection with the tasks it took from the queue when it began: the app's
-    work for one batch overlaps the database's work for another. Whatever else needs the
-    writes to stand still (:meth:`flush`, :meth:`withdrawn`, a cycle after a failure) waits
-    for every cycle in flight and holds them all off.
+    on its own connection with the tasks it took from the queue when it began: tasks
+    accepted while one cycle's write is in the database are written by another meanwhile.
+    Whatever else needs the writes to stand still (:meth:`flush`, :meth:`withdrawn`, a
+    cycle after a failure) waits for every cycle in flight and holds them all off.
     """
 
     def __init__(
