@@ -7,7 +7,15 @@ import contextlib
 import itertools
 import logging
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -540,23 +548,23 @@ class Flusher:
                 task.add_done_callback(self._cycles.discard)
                 continue
             self._wake.clear()
-            try:
-                await self._flush(history_may_wait=True)
-            except Exception as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
+            await self._counted(self._flush(history_may_wait=True))
 
     async def _pipelined_cycle(self) -> None:
         """A cycle in a slot the loop took for it."""
         try:
-            await self._cycle(history_may_wait=True)
+            await self._counted(self._cycle(history_may_wait=True))
+        finally:
+            self._slots.release()
+
+    async def _counted(self, cycle: Awaitable[int]) -> None:
+        """Run a cycle; its failure is counted (the loop backs off) and reported."""
+        try:
+            await cycle
         except Exception as exc:
             self._failed(exc)
         else:
             self._succeeded()
-        finally:
-            self._slots.release()
 
     def _succeeded(self) -> None:
         self._failures = 0
