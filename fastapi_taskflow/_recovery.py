@@ -12,6 +12,7 @@ from ._models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
+    from .backends.base import Coordinator
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -61,12 +62,9 @@ class Recovery:
                     self._m._flusher.add(mine.record)
                 continue
             if not self._m.started:
-                # This instance began to shut down while the claim was in flight: a task
-                # that never started goes back at once, for a live instance, rather than
-                # when the lease ends. (One that was running keeps the lease: given back, it
-                # would read as never started, and be run again where it must not.)
-                if record.status is TaskStatus.PENDING:
-                    given_back.append(record)
+                # This instance began to shut down while the claim was in flight: the task
+                # goes back at once, for a live instance, rather than when the lease ends.
+                given_back.append(record)
                 continue
             job = self._job_for(record)
             if job is None:
@@ -87,15 +85,14 @@ class Recovery:
         if unknown:
             for record in unknown:
                 logger.warning(
-                    "fastapi-taskflow: pending task %s needs function %r, which is not "
-                    "registered on instance %s; it stays pending for an instance that has it",
+                    "fastapi-taskflow: task %s needs function %r, which is not registered on "
+                    "instance %s; it is left for an instance that has it",
                     record.task_id,
                     record.func_name,
                     self._m.instance_id,
                 )
-            await coordinator.release(self._m.instance_id, unknown)
-        if given_back:
-            await coordinator.release(self._m.instance_id, given_back)
+            given_back += unknown
+        await _give_back(coordinator, self._m.instance_id, given_back)
 
     async def take(self, task_id: str) -> Job | None:
         """Claim one task that no live instance holds and return its local job."""
@@ -108,7 +105,7 @@ class Recovery:
             return None
         job = self._job_for(claimed[0])
         if job is None:
-            await coordinator.release(self._m.instance_id, claimed)
+            await _give_back(coordinator, self._m.instance_id, claimed)
         return job
 
     def _job_for(self, record: TaskRecord) -> Job | None:
@@ -131,3 +128,14 @@ class Recovery:
         job.record.attempts = list(record.attempts)
         job.leased = True
         return job
+
+
+async def _give_back(coordinator: Coordinator, owner: str, records: Sequence[TaskRecord]) -> None:
+    """Release claimed tasks this instance will not run, for another instance to claim now.
+    Only those that never started: releasing makes a task pending, and one that was running
+    on an instance that died must still read as possibly run. That one keeps this lease
+    until it ends, and the instance that claims it next records it as interrupted (or runs
+    it again with ``requeue_on_interrupt``)."""
+    pending = [record for record in records if record.status is TaskStatus.PENDING]
+    if pending:
+        await coordinator.release(owner, pending)

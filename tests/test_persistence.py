@@ -821,3 +821,42 @@ async def test_tasks_accepted_during_a_slow_write_ahead_are_written_beside_it(
         for task_id in ids:
             assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
     assert sorted(done) == [1, 2]
+
+
+async def test_a_running_task_of_an_unknown_function_is_not_given_back_as_pending(
+    make_backend: BackendFactory,
+) -> None:
+    """An instance that claims a dead instance's tasks without having their function gives
+    the one that never started back at once, but not the one that was running: given back,
+    it would read as never started, and an instance that has the function would run it
+    again. That one stays claimed until the lease ends, and is then claimed as running."""
+    base = datetime.now(UTC)
+    records = [
+        TaskRecord(
+            task_id="was-running", func_name="jobs.elsewhere", created_at=base,
+            status=TaskStatus.RUNNING,
+        ),
+        TaskRecord(
+            task_id="never-started", func_name="jobs.elsewhere",
+            created_at=base + timedelta(microseconds=1),
+        ),
+    ]  # fmt: skip
+    lacking = manager(make_backend, lease_s=0.3)
+    async with lacking:
+        coordinator = lacking._coordinator
+        assert coordinator is not None and lacking._leases is not None
+        await coordinator.accept(records, owner="dead", lease_s=0.01, key_ttl_s=60)
+        await asyncio.sleep(0.05)  # the dead instance's lease has ended
+        await lacking._leases.beat()  # claims both, has neither function
+        taken = await coordinator.claim("probe", lease_s=30, limit=10)
+        assert {r.task_id: r.status for r in taken} == {"never-started": TaskStatus.PENDING}
+    await asyncio.sleep(0.4)  # the stopped instance's lease on the other one ends
+    backend = make_backend()
+    await backend.open()
+    try:
+        probe = backend.coordinator()
+        assert probe is not None
+        taken = await probe.claim("probe", lease_s=30, limit=10)
+        assert {r.task_id: r.status for r in taken} == {"was-running": TaskStatus.RUNNING}
+    finally:
+        await backend.close()
