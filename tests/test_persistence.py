@@ -64,6 +64,18 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFacto
     return lambda: SqlBackend(url)
 
 
+async def claim_from_outside(make_backend: BackendFactory) -> dict[str, TaskStatus]:
+    """What another instance claims from the shared pending store now (id: status)."""
+    backend = make_backend()
+    await backend.open()
+    try:
+        coordinator = backend.coordinator()
+        assert coordinator is not None
+        return {r.task_id: r.status for r in await coordinator.claim("x", lease_s=30, limit=10)}
+    finally:
+        await backend.close()
+
+
 def manager(make_backend: BackendFactory, **kwargs: Any) -> TaskManager:
     kwargs.setdefault("snapshot_interval", 3600.0)
     return TaskManager(snapshot_backend=make_backend(), **kwargs)
@@ -665,16 +677,7 @@ async def test_a_task_claimed_as_the_instance_stops_goes_back_at_once(
         release_claim.set()
         await stopping
     assert "heartbeat" not in caplog.text and "not running" not in caplog.text
-    backend = make_backend()
-    await backend.open()
-    try:
-        other = backend.coordinator()
-        assert other is not None
-        taken = await other.claim("live", lease_s=30, limit=10)
-        assert [r.task_id for r in taken] == ["dead-0"]
-        assert taken[0].status is TaskStatus.PENDING
-    finally:
-        await backend.close()
+    assert await claim_from_outside(make_backend) == {"dead-0": TaskStatus.PENDING}
 
 
 async def test_a_task_durable_only_once_shutdown_began_is_requeued_not_interrupted(
@@ -851,12 +854,4 @@ async def test_a_running_task_of_an_unknown_function_is_not_given_back_as_pendin
         taken = await coordinator.claim("probe", lease_s=30, limit=10)
         assert {r.task_id: r.status for r in taken} == {"never-started": TaskStatus.PENDING}
     await asyncio.sleep(0.4)  # the stopped instance's lease on the other one ends
-    backend = make_backend()
-    await backend.open()
-    try:
-        probe = backend.coordinator()
-        assert probe is not None
-        taken = await probe.claim("probe", lease_s=30, limit=10)
-        assert {r.task_id: r.status for r in taken} == {"was-running": TaskStatus.RUNNING}
-    finally:
-        await backend.close()
+    assert await claim_from_outside(make_backend) == {"was-running": TaskStatus.RUNNING}
