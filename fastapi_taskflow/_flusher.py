@@ -27,7 +27,6 @@ from .backends.base import Coordinator, SnapshotBackend
 logger = logging.getLogger("fastapi_taskflow")
 
 _URGENT = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
-RUNNING = TaskStatus.RUNNING
 # While tasks flow through write-ahead, history rides along with every cycle at most this
 # often, or once this many finished records wait (see Flusher._history_may_wait).
 HISTORY_DELAY_S = 0.05
@@ -318,7 +317,7 @@ class Flusher:
             if status.is_terminal:
                 continue
             if claim is not None and status is TaskStatus.PENDING and claim(job):
-                record.__dict__["status"] = RUNNING
+                record.__dict__["status"] = TaskStatus.RUNNING
             records.append(record)
         return records
 
@@ -455,8 +454,9 @@ class Flusher:
                     self._slots.release()
 
     def _pipelined(self) -> bool:
-        """Whether the loop starts cycles beside one in flight (see the class docstring)."""
-        return self._lanes > 1 and self.healthy and not self._beside_failed
+        """Whether history goes beside the cycles and the loop starts cycles beside one in
+        flight (see the class docstring): where the backend allows it, while writes work."""
+        return self._beside and self.healthy and not self._beside_failed
 
     async def _flush(self, *, history_may_wait: bool) -> int:
         async with self._exclusive():
@@ -466,7 +466,7 @@ class Flusher:
         """One write cycle (hold ``_exclusive``, or one slot when pipelined)."""
         written = 0
         later = history_may_wait and self._history_may_wait()
-        beside = history_may_wait and self._beside and self.healthy and not self._beside_failed
+        beside = history_may_wait and self._pipelined()
         if not later and self._dirty:
             self._history_at = asyncio.get_running_loop().time()
         inline = not (later or beside)  # this flush writes history itself

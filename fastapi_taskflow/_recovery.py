@@ -47,7 +47,6 @@ class Recovery:
         if its function allows it, otherwise it is recorded as interrupted."""
         coordinator = self._m._coordinator
         assert coordinator is not None
-        unknown: list[TaskRecord] = []
         given_back: list[TaskRecord] = []
         for record in records:
             mine = self._m.store.get(record.task_id)
@@ -68,7 +67,14 @@ class Recovery:
                 continue
             job = self._job_for(record)
             if job is None:
-                unknown.append(record)
+                logger.warning(
+                    "fastapi-taskflow: task %s needs function %r, which is not registered on "
+                    "instance %s; it is left for an instance that has it",
+                    record.task_id,
+                    record.func_name,
+                    self._m.instance_id,
+                )
+                given_back.append(record)
                 continue
             was_running = record.status is TaskStatus.RUNNING
             if was_running and not job.config.requeue_on_interrupt:
@@ -82,16 +88,6 @@ class Recovery:
                 )
                 continue
             self._m.dispatch(job)
-        if unknown:
-            for record in unknown:
-                logger.warning(
-                    "fastapi-taskflow: task %s needs function %r, which is not registered on "
-                    "instance %s; it is left for an instance that has it",
-                    record.task_id,
-                    record.func_name,
-                    self._m.instance_id,
-                )
-            given_back += unknown
         await _give_back(coordinator, self._m.instance_id, given_back)
 
     async def take(self, task_id: str) -> Job | None:

@@ -45,17 +45,20 @@ ON CONFLICT (task_id) DO NOTHING
 RETURNING task_id
 """
 
+
+def _pg_mark(ids: str) -> str:
+    return f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ANY({ids}::varchar[])"
+
+
+_PG_MARK = _pg_mark("$1")
+
 # Both at once: data-modifying CTEs make one statement, atomic on its own, one round trip.
 # The update cannot see rows the insert adds (one snapshot): callers never mark a task in
 # the cycle that adds it.
 _PG_ACCEPT_AND_MARK = f"""
-WITH added AS ({_PG_ACCEPT}), marked AS (
-  UPDATE {PENDING} SET status = 'running' WHERE task_id = ANY($8::varchar[])
-)
+WITH added AS ({_PG_ACCEPT}), marked AS ({_pg_mark("$8")})
 SELECT task_id FROM added
 """
-
-_PG_MARK = f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ANY($1::varchar[])"
 
 _PG_UPDATE = f"""
 UPDATE {PENDING} AS p SET status = t.status, record = t.record::json

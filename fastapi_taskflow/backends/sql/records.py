@@ -178,12 +178,12 @@ def from_history_row(row: Mapping[Any, Any]) -> TaskRecord:
     return TaskRecord.model_validate(dict(row))
 
 
-def from_pending_row(document: Any, status: str | None = None) -> TaskRecord:
+def from_pending_row(document: Any, status: str) -> TaskRecord:
     """A record from a ``taskflow_pending`` row, timestamps in UTC: its ``record`` document
     with the ``status`` column's value, which a running mark sets alone (the document
     keeps the state the task was accepted with)."""
     record = TaskRecord.model_validate(document)
-    if status is not None and status != record.status.value:
+    if status != record.status.value:
         record.__dict__["status"] = TaskStatus(status)
     shifted = {
         name: stamp.astimezone(UTC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -77,18 +77,22 @@ class WriteGuard:
         task.add_done_callback(self._forget)
         return await asyncio.shield(task)
 
-    async def run_here(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
-        """:meth:`run` in the calling task, for a caller that is never cancelled mid-write
-        (the flusher's cycles: stopping waits for them). It saves a task and a shield per
-        write, and the write reaches the database before anything the caller has just
-        scheduled runs (tasks released by the previous write then run while it works)."""
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Count a write run in the calling task as in flight, for :meth:`drain`."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight.add(done)  # (for drain)
+        self._inflight.add(done)
         try:
-            return await _attempts(engine, work, what, write=True)
+            yield
         finally:
             self._inflight.discard(done)
             done.set_result(None)
+
+    async def run_here(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+        """:meth:`run` in the calling task, for a caller that is never cancelled mid-write
+        (the flusher's cycles: stopping waits for them): a task and a shield fewer a write."""
+        with self._tracked():
+            return await _attempts(engine, work, what, write=True)
 
     async def run_held(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
         """:meth:`run_here` for ``work`` that is one statement outside any transaction
@@ -100,9 +104,7 @@ class WriteGuard:
         If the statement fails there, the connection is dropped and the write goes the
         usual way (retried when transient, else translated), which also takes a new one.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight.add(done)
-        try:
+        with self._tracked():
             held = self._held
             if held:
                 conn = held.pop()
@@ -118,9 +120,6 @@ class WriteGuard:
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     held.append(await engine.connect())
             return result
-        finally:
-            self._inflight.discard(done)
-            done.set_result(None)
 
     def _forget(self, task: asyncio.Task[object]) -> None:
         self._inflight.discard(task)
