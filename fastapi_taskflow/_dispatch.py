@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import functools
 import heapq
 import itertools
-from collections.abc import Callable, Coroutine
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from ._job import Job, Stage
@@ -53,6 +56,8 @@ class Dispatcher:
         self._seq = itertools.count()
         self.running: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: collections.deque[Job] = collections.deque()  # launched, not called
+        self._starter: asyncio.Task[None] | None = None  # calls them
         self._lanes_list = list(self._lanes.values())
 
     def lane_names(self) -> list[str]:
@@ -161,16 +166,56 @@ class Dispatcher:
         self._launch(job)
 
     def _launch(self, job: Job) -> None:
-        job.stage = Stage.RUNNING
-        task = asyncio.get_running_loop().create_task(self._run(job), context=job.context)
-        job.task = task
+        job.stage = Stage.STARTING
+        self._starting.append(job)
+        if self._starter is None:
+            self._starter = self._spawn(self._start_jobs())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._finished, job=job))
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start_jobs(self) -> None:
+        """Call the jobs waiting to start, one after another, in this one asyncio task.
+
+        A job that finishes without suspending (a no-op, a cache hit) costs no task of its
+        own. The first job that does suspend keeps this task for the rest of its run (so it
+        sees one ``current_task()`` throughout, as cancel scopes and timeouts require), and
+        the jobs after it go on in a new starter task.
+        """
+        starting = self._starting
+        while starting:
+            job = starting.popleft()
+            if job.stage is not Stage.STARTING:
+                continue  # cancelled (or ended by a shutdown) before it started
+            job.stage = Stage.RUNNING
+            context = job.context if job.context is not None else contextvars.copy_context()
+            coro = self._run(job)
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration:
+                continue
+            except BaseException:  # escaped the executor (SystemExit, say): let it go on
+                self._hand_on()
+                raise
+            self._hand_on()
+            task = asyncio.current_task()
+            assert task is not None
+            job.task = task
+            task.add_done_callback(functools.partial(self._finished, job=job))
+            await _carry(coro, context, yielded)
+            return
+        self._starter = None
+
+    def _hand_on(self) -> None:
+        """The current starter stops starting jobs: the ones left get a new starter."""
+        self._starter = self._spawn(self._start_jobs()) if self._starting else None
 
     def _finished(self, task: asyncio.Task[None], *, job: Job) -> None:
-        self._tasks.discard(task)
         job.task = None  # a finished Task (~600 B with its handle and weak-set entry) must go
-        if job.stage is not Stage.DONE:  # cancelled before its coroutine even started
+        if job.stage is not Stage.DONE:  # (the executor ends every job it ran)
             self._abandoned(job)
         self.finished(job)
 
@@ -200,3 +245,25 @@ class Dispatcher:
 
     def running_tasks(self) -> set[asyncio.Task[None]]:
         return set(self._tasks)
+
+
+@types.coroutine
+def _carry(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context, yielded: Any
+) -> Generator[Any, Any, None]:
+    """Go on running ``coro``, suspended on ``yielded``, in the current task and in its own
+    context: what it waits for passes up to the task, what the task sends or throws (a
+    wake-up, a cancellation) goes down to it."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = context.run(coro.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = context.run(coro.send, sent)
+            except StopIteration:
+                return

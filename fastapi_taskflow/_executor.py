@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ._context import append_log, reset_task_context, set_task_context
 from ._errors import TaskflowError
 from ._job import Job, Stage
-from ._models import Attempt, TaskStatus, construct_all, utcnow
+from ._models import TaskStatus, new_attempt, utcnow
 
 
 class TaskTimeoutError(TaskflowError, TimeoutError):
@@ -69,19 +69,27 @@ class Executor:
             fields["status"] = TaskStatus.RUNNING
             if record.start_time is None:
                 fields["start_time"] = now
-            attempt = construct_all(
-                Attempt, number=number, start_time=now, end_time=None, error=None
-            )
+            attempt = new_attempt(number, now)
             record.attempts.append(attempt)
             fields["updated_at"] = now
             self._on_change(job)
             if number == 1 and job.leased and self._before_start is not None:
                 await self._before_start(job)
-            error = await self._attempt(job, number)
-            attempt.__dict__["end_time"] = utcnow()
+            token = set_task_context(record, number)
+            try:
+                if config.timeout is None and config.is_async:  # the common case, inline
+                    await config.func(*job.args, **job.kwargs)
+                    error = None
+                else:
+                    error = await self._attempt(job, number)
+            except Exception as exc:
+                error = exc
+            finally:
+                reset_task_context(token)
             if error is None:
-                self.finish(job, TaskStatus.SUCCESS)
+                self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
                 return
+            attempt.__dict__["end_time"] = utcnow()
             attempt.__dict__["error"] = describe(error)
             wait = config.retry.next_delay(error, number)
             if wait is None:
@@ -98,15 +106,12 @@ class Executor:
             await asyncio.sleep(wait)
 
     async def _attempt(self, job: Job, number: int) -> Exception | None:
-        """One call of the task function; returns the exception it failed with, if any."""
+        """One call of a sync task function, or of one with a timeout; returns the exception
+        it failed with, if any."""
         config = job.config
-        token = set_task_context(job.record, number)
         try:
             if config.timeout is None:
-                if config.is_async:
-                    await config.func(*job.args, **job.kwargs)
-                else:
-                    await self._call_sync(job)
+                await self._call_sync(job)
                 return None
             async with asyncio.timeout(config.timeout) as scope:
                 if config.is_async:
@@ -120,8 +125,6 @@ class Executor:
             return exc
         except Exception as exc:
             return exc
-        finally:
-            reset_task_context(token)
 
     async def _call_sync(self, job: Job) -> None:
         async with self._sync_slots:

@@ -15,6 +15,7 @@ from ._registry import TaskConfig
 class Stage(enum.Enum):
     HELD = "held"  # added during a request, waits for the response to be sent
     WAITING = "waiting"  # accepted by a queue, waits for a free slot
+    STARTING = "starting"  # has its running slot, waits for the starter to call it
     RUNNING = "running"
     DONE = "done"
 

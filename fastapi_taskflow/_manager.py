@@ -38,7 +38,7 @@ from ._models import (
     QueueConfig,
     TaskRecord,
     TaskStatus,
-    construct_all,
+    new_record,
     utcnow,
 )
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
@@ -371,9 +371,11 @@ class TaskManager:
         not_started += [job for job in self.store if job.stage is Stage.HELD]
         if not await dispatcher.wait_running(self.shutdown_grace):
             for job in list(dispatcher.running.values()):
+                job.interrupted = True
                 if job.task is not None:
-                    job.interrupted = True
                     job.task.cancel()
+                elif job.stage is Stage.STARTING:
+                    self._executor.abandoned(job)
             await dispatcher.wait_running(5.0)
         to_requeue: list[TaskRecord] = list(self._orphans)
         for job in not_started:
@@ -522,31 +524,21 @@ class TaskManager:
         else:
             exact, stored_args, stored_kwargs = snapshot(args, kwargs)
         now = utcnow()
-        record = construct_all(
-            TaskRecord,
-            task_id=task_id or os.urandom(16).hex(),
-            func_name=config.name,
-            status=TaskStatus.PENDING,
-            args=stored_args,
-            kwargs=stored_kwargs,
-            created_at=created_at or now,
-            start_time=None,
-            end_time=None,
-            duration=None,
-            retries_used=0,
-            error=None,
-            stacktrace=None,
-            logs=[],
-            attempts=[],
-            tags=tags or {},
-            idempotency_key=idempotency_key,
-            source=source,
-            priority=priority if priority is not None else config.priority,
-            queue=queue_name,
-            retry_of=None,
-            instance_id=self.instance_id,
-            updated_at=now,
+        record = new_record(
+            task_id or os.urandom(16).hex(),
+            config.name,
+            stored_args,
+            stored_kwargs,
+            now,
+            tags or {},
+            idempotency_key,
+            source,
+            priority if priority is not None else config.priority,
+            queue_name,
+            self.instance_id,
         )
+        if created_at is not None:
+            record.__dict__["created_at"] = created_at
         job = Job(
             task_id=record.task_id,
             record=record,
@@ -868,6 +860,8 @@ class TaskManager:
         assert self._executor is not None and self._dispatcher is not None
         if job.stage in (Stage.HELD, Stage.WAITING):
             self._dispatcher.release(job)
+            self._executor.finish(job, TaskStatus.CANCELLED, reason)
+        elif job.stage is Stage.STARTING:  # its slot is taken, its function not yet called
             self._executor.finish(job, TaskStatus.CANCELLED, reason)
         elif job.stage is Stage.RUNNING:
             if job.in_thread:

@@ -56,7 +56,8 @@ class TaskStore:
         if key is not None:
             self._idempotency[key] = job.task_id
         self._completed.pop(job.task_id, None)
-        self.changed(job.record)
+        if self._subscribers:
+            self.changed(job.record)
 
     def by_idempotency_key(self, key: str) -> Job | None:
         task_id = self._idempotency.get(key)
@@ -68,11 +69,15 @@ class TaskStore:
 
     def completed(self, job: Job) -> None:
         """Note that ``job`` reached a terminal state; evict the oldest beyond the cap."""
-        self._completed[job.task_id] = None
-        self._completed.move_to_end(job.task_id)
-        self.changed(job.record)
-        while len(self._completed) > self.max_records:
-            task_id, _ = self._completed.popitem(last=False)
+        completed, task_id = self._completed, job.task_id
+        if task_id in completed:
+            completed.move_to_end(task_id)
+        else:
+            completed[task_id] = None  # (a new key goes last)
+        if self._subscribers:
+            self.changed(job.record)
+        while len(completed) > self.max_records:
+            task_id, _ = completed.popitem(last=False)
             old = self._jobs.pop(task_id, None)
             key = old.record.idempotency_key if old is not None else None
             if key is not None and self._idempotency.get(key) == task_id:

@@ -148,18 +148,21 @@ async def test_status_lifecycle_and_timestamps() -> None:
         await release.wait()
 
     seen: list[TaskStatus] = []
-    original = tm.store.changed
+    feed = tm.store.subscribe()  # the change feed the dashboard's live updates read
 
-    def record_change(record: TaskRecord) -> None:
-        seen.append(record.status)
-        original(record)
+    async def watch() -> None:
+        while True:
+            seen.append((await feed.queue.get()).status)
 
-    tm.store.changed = record_change  # type: ignore[method-assign]
     async with tm:
+        watcher = asyncio.create_task(watch())
         task_id = await tm.enqueue(job)
         await wait_for(lambda: tm.store.get(task_id).record.status is TaskStatus.RUNNING)  # type: ignore[union-attr]
+        await asyncio.sleep(0)
         release.set()
         record = await finished(tm, task_id)
+        await asyncio.sleep(0)
+        watcher.cancel()
     assert record.status is TaskStatus.SUCCESS
     assert seen == [TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS]
     assert record.start_time is not None and record.end_time is not None
