@@ -115,9 +115,10 @@ class ManagedBackgroundTasks(BackgroundTasks):
         queue: str | None,
         context: contextvars.Context | None,
     ) -> str:
-        existing = manager.duplicate_of(idempotency_key, func)
-        if existing is not None:
-            return existing.task_id
+        if idempotency_key is not None:
+            existing = manager.duplicate_of(idempotency_key, func)
+            if existing is not None:
+                return existing.task_id
         job = manager.create(
             func,
             args,

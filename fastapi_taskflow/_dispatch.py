@@ -135,6 +135,8 @@ class Dispatcher:
         lanes = self._lanes_list
         if len(lanes) == 1:  # one queue (the usual case): no ranking across queues
             lane = lanes[0]
+            if not lane.heap:
+                return
             while (
                 lane.heap
                 and len(self.running) < self._max_concurrent

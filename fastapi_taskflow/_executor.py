@@ -48,8 +48,52 @@ class Executor:
 
     async def run(self, job: Job) -> None:
         """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted."""
+        record, config = job.record, job.config
+        # Hot path: the record's fields are written through its __dict__ (a pydantic model's
+        # __setattr__ costs about a microsecond per field and validates nothing here).
+        fields = record.__dict__
         try:
-            await self._attempts(job)
+            while True:
+                number = record.retries_used + 1
+                now = utcnow()
+                fields["status"] = TaskStatus.RUNNING
+                if record.start_time is None:
+                    fields["start_time"] = now
+                attempt = new_attempt(number, now)
+                record.attempts.append(attempt)
+                fields["updated_at"] = now
+                self._on_change(job)
+                if number == 1 and job.leased and self._before_start is not None:
+                    await self._before_start(job)
+                token = set_task_context(record, number)
+                try:
+                    if config.timeout is None and config.is_async:  # the common case, inline
+                        await config.func(*job.args, **job.kwargs)
+                        error = None
+                    else:
+                        error = await self._attempt(job, number)
+                except Exception as exc:
+                    error = exc
+                finally:
+                    reset_task_context(token)
+                if error is None:
+                    self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
+                    return
+                attempt.__dict__["end_time"] = utcnow()
+                attempt.__dict__["error"] = describe(error)
+                wait = config.retry.next_delay(error, number)
+                if wait is None:
+                    self.finish(job, TaskStatus.FAILED, describe(error), error)
+                    return
+                fields["retries_used"] = number
+                append_log(
+                    record,
+                    f"attempt {number} failed: {describe(error)}; retrying in {wait:.3g}s",
+                    level="warning",
+                    attempt=number,
+                )
+                self._on_change(job)
+                await asyncio.sleep(wait)
         except asyncio.CancelledError:
             self.abandoned(job)
             if job.cancel_reason is None and not job.interrupted:
@@ -57,53 +101,6 @@ class Executor:
         finally:
             if job.stage is not Stage.DONE:  # a BaseException such as SystemExit escaped
                 self.finish(job, TaskStatus.FAILED, "the task raised a BaseException")
-
-    async def _attempts(self, job: Job) -> None:
-        record, config = job.record, job.config
-        # Hot path: the record's fields are written through its __dict__ (a pydantic model's
-        # __setattr__ costs about a microsecond per field and validates nothing here).
-        fields = record.__dict__
-        while True:
-            number = record.retries_used + 1
-            now = utcnow()
-            fields["status"] = TaskStatus.RUNNING
-            if record.start_time is None:
-                fields["start_time"] = now
-            attempt = new_attempt(number, now)
-            record.attempts.append(attempt)
-            fields["updated_at"] = now
-            self._on_change(job)
-            if number == 1 and job.leased and self._before_start is not None:
-                await self._before_start(job)
-            token = set_task_context(record, number)
-            try:
-                if config.timeout is None and config.is_async:  # the common case, inline
-                    await config.func(*job.args, **job.kwargs)
-                    error = None
-                else:
-                    error = await self._attempt(job, number)
-            except Exception as exc:
-                error = exc
-            finally:
-                reset_task_context(token)
-            if error is None:
-                self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
-                return
-            attempt.__dict__["end_time"] = utcnow()
-            attempt.__dict__["error"] = describe(error)
-            wait = config.retry.next_delay(error, number)
-            if wait is None:
-                self.finish(job, TaskStatus.FAILED, describe(error), error)
-                return
-            fields["retries_used"] = number
-            append_log(
-                record,
-                f"attempt {number} failed: {describe(error)}; retrying in {wait:.3g}s",
-                level="warning",
-                attempt=number,
-            )
-            self._on_change(job)
-            await asyncio.sleep(wait)
 
     async def _attempt(self, job: Job, number: int) -> Exception | None:
         """One call of a sync task function, or of one with a timeout; returns the exception

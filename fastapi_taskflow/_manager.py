@@ -453,9 +453,10 @@ class TaskManager:
         Returns the job, which is not started yet (see :meth:`dispatch`). When the
         idempotency key matches a live or succeeded task, that task's job is returned.
         """
-        existing = self.duplicate_of(idempotency_key, func)
-        if existing is not None:
-            return existing
+        if idempotency_key is not None:
+            existing = self.duplicate_of(idempotency_key, func)
+            if existing is not None:
+                return existing
         job = self._prepare(
             func, args, kwargs, idempotency_key=idempotency_key, tags=tags, priority=priority,
             queue=queue, source=source, task_id=task_id, created_at=created_at, context=context,
@@ -600,6 +601,10 @@ class TaskManager:
             return
         job.dispatched = True
         durable, flusher = job.durable, self._flusher
+        if durable is None and self._state is _State.RUNNING:  # nothing to wait for
+            assert self._dispatcher is not None
+            self._dispatcher.submit(job)
+            return
         if (
             durable is not None
             and not durable.done()
