@@ -15,6 +15,8 @@ from typing import Any
 from ._job import Job, Stage
 from ._models import QueueConfig
 
+_SUSPENDS_KEPT = 1024
+
 
 class _Lane:
     def __init__(self, config: QueueConfig) -> None:
@@ -58,6 +60,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: collections.deque[Job] = collections.deque()  # launched, not called
         self._starter: asyncio.Task[None] | None = None  # calls them
+        self._suspends: set[str] = set()  # functions seen to suspend: a task per job
         self._lanes_list = list(self._lanes.values())
 
     def lane_names(self) -> list[str]:
@@ -168,10 +171,21 @@ class Dispatcher:
         self._launch(job)
 
     def _launch(self, job: Job) -> None:
+        config = job.config
+        if config.name in self._suspends or not config.is_async:
+            self._own_task(job)
+            return
         job.stage = Stage.STARTING
         self._starting.append(job)
         if self._starter is None:
             self._starter = self._spawn(self._start_jobs())
+
+    def _own_task(self, job: Job) -> None:
+        job.stage = Stage.RUNNING
+        task = asyncio.get_running_loop().create_task(self._run(job), context=job.context)
+        job.task = task
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, job=job))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -182,16 +196,21 @@ class Dispatcher:
     async def _start_jobs(self) -> None:
         """Call the jobs waiting to start, one after another, in this one asyncio task.
 
-        A job that finishes without suspending (a no-op, a cache hit) costs no task of its
-        own. The first job that does suspend keeps this task for the rest of its run (so it
-        sees one ``current_task()`` throughout, as cancel scopes and timeouts require), and
-        the jobs after it go on in a new starter task.
+        A job that finishes without suspending (a no-op, a cache hit, an in-memory update)
+        costs no task of its own. The first job that does suspend keeps this task for the
+        rest of its run (so it sees one ``current_task()`` throughout, as cancel scopes and
+        timeouts require), and the jobs after it go on in a new starter task. Its function
+        is noted: its later jobs get a task each at once, so that jobs that wait on I/O all
+        start in the same loop pass rather than one pass after another.
         """
         starting = self._starting
         while starting:
             job = starting.popleft()
             if job.stage is not Stage.STARTING:
                 continue  # cancelled (or ended by a shutdown) before it started
+            if job.config.name in self._suspends:
+                self._own_task(job)
+                continue
             job.stage = Stage.RUNNING
             context = job.context if job.context is not None else contextvars.copy_context()
             coro = self._run(job)
@@ -202,6 +221,9 @@ class Dispatcher:
             except BaseException:  # escaped the executor (SystemExit, say): let it go on
                 self._hand_on()
                 raise
+            if len(self._suspends) >= _SUSPENDS_KEPT:
+                self._suspends.clear()
+            self._suspends.add(job.config.name)
             self._hand_on()
             task = asyncio.current_task()
             assert task is not None
@@ -216,6 +238,7 @@ class Dispatcher:
         self._starter = self._spawn(self._start_jobs()) if self._starting else None
 
     def _finished(self, task: asyncio.Task[None], *, job: Job) -> None:
+        self._tasks.discard(task)
         job.task = None  # a finished Task (~600 B with its handle and weak-set entry) must go
         if job.stage is not Stage.DONE:  # (the executor ends every job it ran)
             self._abandoned(job)
