@@ -22,6 +22,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_parameterless_sub_dependant
 from fastapi.params import Depends
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import NotStartedError
 from ._job import Job, Stage
@@ -30,10 +31,25 @@ if TYPE_CHECKING:
     from ._manager import TaskManager
 
 _UNSENT = "cancelled: the request ended without sending its response"
+_OWN_BACKGROUND = (
+    "cancelled: the response was sent without the request's background tasks (the route "
+    "returned a response that carries a background task of its own)"
+)
+
+# The managed background tasks bound during the current request, for RequestTasksGuard.
+_bound_here: contextvars.ContextVar[list[ManagedBackgroundTasks] | None] = contextvars.ContextVar(
+    "fastapi_taskflow_bound", default=None
+)
 
 
 def request_failed(exc: BaseException) -> str:
     return f"cancelled: the request failed before its response was sent ({type(exc).__name__})"
+
+
+def _answered(status: int) -> str:
+    if status >= 400 or status == 0:
+        return f"cancelled: the request failed before its response was sent (it answered {status})"
+    return _OWN_BACKGROUND
 
 
 def _discard_all(manager: TaskManager, held: list[Job], reason: str) -> None:
@@ -174,7 +190,65 @@ def bind(
     # If the object is dropped without being run (the response never went out), its tasks
     # must not stay pending forever.
     managed._finalizer = weakref.finalize(managed, _discard_all, manager, managed._held, _UNSENT)
+    bound = _bound_here.get()
+    if bound is not None:
+        bound.append(managed)
     return managed
+
+
+class RequestTasksGuard:
+    """ASGI middleware that ends, at once, the tasks a request added but never handed over.
+
+    A request hands its tasks over when its response has been sent. If the route raised
+    instead, or answered with an error response (an ``HTTPException``, a validation error)
+    or with a response that carries a background task of its own, the tasks it added are
+    recorded as cancelled, with the reason, and never run. (Without this middleware a
+    dependency with ``yield`` on each route does the same, at a higher cost per request.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        bound: list[ManagedBackgroundTasks] = []
+        status = 0
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        token = _bound_here.set(bound)
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException as exc:
+            for managed in bound:
+                managed.discard(request_failed(exc))
+            raise
+        finally:
+            _bound_here.reset(token)
+        for managed in bound:
+            if managed._held:  # (empty once the response has handed them over)
+                managed.discard(_answered(status))
+
+
+def guard(app: Any) -> bool:
+    """Add :class:`RequestTasksGuard` to ``app`` unless it has it; False if that is too
+    late (the app has started: its middleware is fixed)."""
+    middleware = getattr(app, "user_middleware", None)
+    if middleware is None:
+        return False
+    if any(getattr(entry, "cls", None) is RequestTasksGuard for entry in middleware):
+        return True
+    try:
+        app.add_middleware(RequestTasksGuard)
+    except RuntimeError:  # "Cannot add middleware after an application has started"
+        return False
+    return True
 
 
 def _background_param(dependant: Dependant) -> type[Any] | None:
@@ -209,6 +283,9 @@ def install(app: FastAPI, manager: TaskManager, *, plain_background_tasks: bool)
     a plain ``BackgroundTasks`` parameter only when ``plain_background_tasks`` is true.
     """
 
+    async def bind_guarded(background_tasks: BackgroundTasks) -> None:
+        bind(background_tasks, manager)  # (RequestTasksGuard handles a failed request)
+
     async def bind_request_tasks(background_tasks: BackgroundTasks) -> AsyncIterator[None]:
         managed = bind(background_tasks, manager)
         try:
@@ -217,13 +294,14 @@ def install(app: FastAPI, manager: TaskManager, *, plain_background_tasks: bool)
             managed.discard(request_failed(exc))
             raise
 
+    binder = bind_guarded if guard(app) else bind_request_tasks
     bound = 0
     for dependant, path in _route_dependants(app):
         if id(dependant) in manager._bound_routes:
             continue
         if not _wants_binding(dependant, plain_background_tasks):
             continue
-        binding = Depends(bind_request_tasks)
+        binding = Depends(binder)
         dependant.dependencies.insert(
             0, get_parameterless_sub_dependant(depends=binding, path=path)
         )

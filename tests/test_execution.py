@@ -18,7 +18,6 @@ from fastapi_taskflow import (
     RetryPolicy,
     TaskflowError,
     TaskManager,
-    TaskRecord,
     TaskStatus,
     get_task_context,
     task_log,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from _helpers import finished, serve, wait_for
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_taskflow import (
@@ -19,6 +23,7 @@ from fastapi_taskflow import (
     TaskManager,
     TaskStatus,
 )
+from fastapi_taskflow._background import RequestTasksGuard
 
 
 def make_app(manager: TaskManager, **admin: Any) -> FastAPI:
@@ -211,11 +216,26 @@ async def test_eager_task_starts_before_the_response() -> None:
         assert (await client.post("/lazy")).json() == {"started": False}
 
 
+@pytest.mark.parametrize("guarded", [True, False], ids=["middleware", "dependency"])
 @pytest.mark.parametrize("failure", ["exception", "http_exception"])
 @pytest.mark.parametrize("style", ["auto_install", "annotation", "depends"])
-async def test_route_that_raises_after_add_task_cancels_its_tasks(style: str, failure: str) -> None:
+async def test_route_that_raises_after_add_task_cancels_its_tasks(
+    style: str, failure: str, guarded: bool
+) -> None:
     tm = TaskManager()
-    app = make_app(tm, auto_install=True)
+    if guarded:  # TaskAdmin adds RequestTasksGuard to the app
+        app = make_app(tm, auto_install=True)
+        assert any(m.cls is RequestTasksGuard for m in app.user_middleware)
+    else:  # bound once the app has started: too late for middleware, a dependency does it
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            async with tm:
+                tm.install(app, plain_background_tasks=True)
+                yield
+
+        app = FastAPI(lifespan=lifespan)
+        app.middleware_stack = app.build_middleware_stack()  # as once served (started)
     ran: list[str] = []
     ids: list[str] = []
 
@@ -248,6 +268,8 @@ async def test_route_that_raises_after_add_task_cancels_its_tasks(style: str, fa
     async with app.router.lifespan_context(app):
         import httpx
 
+        if not guarded:
+            assert not any(m.cls is RequestTasksGuard for m in app.user_middleware)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             response = await client.post("/x")
@@ -256,7 +278,31 @@ async def test_route_that_raises_after_add_task_cancels_its_tasks(style: str, fa
         await asyncio.sleep(0.05)
     assert record.status is TaskStatus.CANCELLED
     assert "request failed before its response was sent" in (record.error or "")
+    assert ("RuntimeError" if failure == "exception" else "HTTPException") in (
+        record.error or ""
+    ) or (guarded and failure == "http_exception" and "it answered 400" in (record.error or ""))
     assert ran == []
+
+
+async def test_response_with_its_own_background_task_cancels_the_added_ones() -> None:
+    """FastAPI drops the request's background tasks when the route returns a response that
+    carries its own: the tasks added are recorded as cancelled, saying why, at once."""
+    tm = TaskManager()
+    app = make_app(tm, auto_install=True)
+    ran: list[str] = []
+    ids: list[str] = []
+
+    @app.post("/own")
+    async def own(background_tasks: BackgroundTasks) -> JSONResponse:
+        ids.append(background_tasks.add_task(ran.append, "added"))
+        return JSONResponse({"ok": True}, background=BackgroundTask(ran.append, "its own"))
+
+    async with serve(app) as client:
+        assert (await client.post("/own")).status_code == 200
+        record = await finished(tm, ids[0])
+    assert record.status is TaskStatus.CANCELLED
+    assert "a background task of its own" in (record.error or "")
+    assert ran == ["its own"]
 
 
 async def test_request_context_variables_reach_the_task() -> None:

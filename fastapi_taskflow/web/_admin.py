@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 
+from .._background import guard
 from .._errors import ConfigurationError
 from .._manager import TaskManager
 from ._api import build_router
@@ -84,6 +85,9 @@ class TaskAdmin:
             if number <= 0:
                 raise ConfigurationError(f"{label} must be positive, got {number}")
         self.app = app
+        # Ends the tasks of a request that fails at once (added now: an app's middleware is
+        # fixed once it starts, and the routes are bound at start-up).
+        guard(app)
         self.task_manager = task_manager
         self.path = path
         self.display_func_args = display_func_args
