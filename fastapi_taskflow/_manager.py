@@ -480,7 +480,7 @@ class TaskManager:
                 queue=queue_name,
             )
         self.store.add(job)
-        if write_ahead and self._persists(job.config) and self._coordinator is not None:
+        if self._coordinator is not None and write_ahead and self._persists(job.config):
             assert self._flusher is not None
             job.durable = self._flusher.accept(job)
         return job
