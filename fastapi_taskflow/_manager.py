@@ -39,6 +39,7 @@ from ._models import (
     TaskRecord,
     TaskStatus,
     new_record,
+    new_task_id,
     utcnow,
 )
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
@@ -468,7 +469,7 @@ class TaskManager:
             if key is not None and job.task_id == uuid.uuid5(_KEY_NAMESPACE, key).hex:
                 # Its id is derived from the key and may belong to a task that exists (in
                 # another instance's memory, or in history): the rejection gets its own.
-                job.task_id = record.__dict__["task_id"] = os.urandom(16).hex()
+                job.task_id = record.__dict__["task_id"] = new_task_id()
             self.store.add(job)
             assert self._executor is not None
             limit = self._queues[queue_name].max_size
@@ -526,7 +527,7 @@ class TaskManager:
             exact, stored_args, stored_kwargs = snapshot(args, kwargs)
         now = utcnow()
         record = new_record(
-            task_id or os.urandom(16).hex(),
+            task_id or new_task_id(),
             config.name,
             stored_args,
             stored_kwargs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,33 @@ def adopt(cls: type[M], values: dict[str, Any]) -> M:
     _SET_EXTRA(model, None)
     _SET_PRIVATE(model, None)
     return model
+
+
+_ID_HEX = 32  # a task id: 16 random bytes in hex
+_ids_buffer = ""
+_ids_at = 0
+
+
+def new_task_id() -> str:
+    """A random task id (128 bits from ``os.urandom``, as 32 hex digits).
+
+    Drawn 256 at a time: each ``os.urandom`` call releases the GIL, and with another thread
+    busy (SQLite's driver thread, a sync task) taking it back could wait for that thread.
+    """
+    global _ids_buffer, _ids_at
+    at = _ids_at
+    if at >= len(_ids_buffer):
+        _ids_buffer, at = os.urandom(_ID_HEX // 2 * 256).hex(), 0
+    _ids_at = at + _ID_HEX
+    return _ids_buffer[at : at + _ID_HEX]
+
+
+def _forget_ids() -> None:  # a forked child must not hand out its parent's next ids
+    global _ids_buffer, _ids_at
+    _ids_buffer, _ids_at = "", 0
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 def utcnow() -> datetime:

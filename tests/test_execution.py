@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 
 import pytest
@@ -410,3 +411,21 @@ def test_decorator_returns_the_function_unchanged() -> None:
 
     assert tm.task(retries=2)(original) is original
     assert tm.task(original) is original
+
+
+def test_task_ids_are_random_hex_and_a_forked_child_draws_its_own() -> None:
+    """Ids are drawn from os.urandom in blocks; after a fork (a pre-forking server that
+    imported the app first) the child must not hand out the ids its parent will."""
+    from fastapi_taskflow._models import new_task_id
+
+    ids = [new_task_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, new_task_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 64).decode()
+    assert child != new_task_id()
