@@ -190,8 +190,21 @@ class Dispatcher:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._starter_done)
         return task
+
+    def _starter_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._starter is not task:
+            return
+        # Cancelled before it could start its jobs (the loop is closing): they never run.
+        self._starter = None
+        while self._starting:
+            job = self._starting.popleft()
+            if job.stage is Stage.STARTING:
+                job.stage = Stage.RUNNING
+                self._abandoned(job)
+                self.finished(job)
 
     async def _start_jobs(self) -> None:
         """Call the jobs waiting to start, one after another, in this one asyncio task.

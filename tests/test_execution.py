@@ -14,6 +14,7 @@ from fastapi_taskflow import (
     ConfigurationError,
     DuplicateTaskError,
     InvalidTaskStateError,
+    ManagedBackgroundTasks,
     QueueConfig,
     QueueFullError,
     RetryPolicy,
@@ -429,3 +430,32 @@ def test_task_ids_are_random_hex_and_a_forked_child_draws_its_own() -> None:
     os.waitpid(pid, 0)
     child = os.read(read_end, 64).decode()
     assert child != new_task_id()
+
+
+def test_tasks_whose_asyncio_task_is_cancelled_before_starting_end_interrupted() -> None:
+    """Every asyncio task cancelled (a hard stop of the event loop) just after a request's
+    tasks were handed over: they never run, and end interrupted instead of staying
+    pending."""
+    tm = TaskManager()
+    ran: list[int] = []
+    ids: list[str] = []
+
+    async def job(n: int) -> None:
+        ran.append(n)
+
+    async def main() -> None:
+        await tm.startup()
+        tasks = ManagedBackgroundTasks(tm)
+        ids.extend(tasks.add_task(job, n) for n in range(5))
+        await tasks()  # handed over (as after a response), not started yet
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                other.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    records = [tm.store.get(task_id).record for task_id in ids]  # type: ignore[union-attr]
+    assert ran == []
+    assert [r.status for r in records] == [TaskStatus.INTERRUPTED] * 5
+    assert all("shut down" in (r.error or "") for r in records)
