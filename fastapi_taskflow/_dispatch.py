@@ -253,7 +253,7 @@ class Dispatcher:
     def _finished(self, task: asyncio.Task[None], *, job: Job) -> None:
         self._tasks.discard(task)
         job.task = None  # a finished Task (~600 B with its handle and weak-set entry) must go
-        if job.stage is not Stage.DONE:  # (the executor ends every job it ran)
+        if job.stage is not Stage.DONE:  # cancelled before its coroutine even started
             self._abandoned(job)
         self.finished(job)
 

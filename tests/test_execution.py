@@ -459,3 +459,22 @@ def test_tasks_whose_asyncio_task_is_cancelled_before_starting_end_interrupted()
     assert ran == []
     assert [r.status for r in records] == [TaskStatus.INTERRUPTED] * 5
     assert all("shut down" in (r.error or "") for r in records)
+
+
+def test_records_built_on_the_hot_path_are_complete_and_valid() -> None:
+    """Records and attempts are built without validation (from a copied template): every
+    field must be there, and a validation round trip must give the same record."""
+    from datetime import UTC, datetime
+
+    from fastapi_taskflow import TaskRecord
+    from fastapi_taskflow._models import Attempt, new_attempt, new_record
+
+    now = datetime.now(UTC)
+    record = new_record(
+        "a" * 32, "mod.f", [1], {"x": "y"}, now, {"k": "v"}, "key", "request", 3, "q", "i-1"
+    )
+    record.attempts.append(new_attempt(1, now))
+    assert set(record.__dict__) == set(TaskRecord.model_fields)
+    assert set(record.attempts[0].__dict__) == set(Attempt.model_fields)
+    assert TaskRecord.model_validate_json(record.model_dump_json()) == record
+    assert record.status is TaskStatus.PENDING and record.created_at == record.updated_at == now
