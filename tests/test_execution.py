@@ -478,3 +478,96 @@ def test_records_built_on_the_hot_path_are_complete_and_valid() -> None:
     assert set(record.attempts[0].__dict__) == set(Attempt.model_fields)
     assert TaskRecord.model_validate_json(record.model_dump_json()) == record
     assert record.status is TaskStatus.PENDING and record.created_at == record.updated_at == now
+
+
+async def test_tasks_started_together_keep_their_own_context_task_and_timeouts() -> None:
+    """Tasks handed over together are started by a shared starter: each must still run in
+    its own copy of the request's context, a task that suspends keeps one asyncio task for
+    its whole run (asyncio and anyio timeouts entered before its first await work), one
+    that fails does not stop the others, and none waits for another that suspends."""
+    import contextvars
+
+    import anyio
+
+    tm = TaskManager()
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="request")
+    seen: dict[str, object] = {}
+    release = asyncio.Event()
+
+    async def writer() -> None:  # finishes without suspending
+        var.set("changed by writer")
+        seen["writer"] = var.get()
+
+    async def reader() -> None:
+        seen["reader"] = var.get()
+
+    async def broken() -> None:
+        raise ValueError("no")
+
+    async def waits_with_timeouts() -> None:
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            seen["asyncio timeout"] = True
+        with anyio.move_on_after(0.05) as scope:
+            await anyio.sleep(5)
+        seen["anyio timeout"] = scope.cancel_called
+        seen["one task"] = asyncio.current_task() is task
+        await release.wait()
+
+    async def after_the_waiter() -> None:
+        seen["after the waiter"] = not release.is_set()
+
+    async with tm:
+        tasks = ManagedBackgroundTasks(tm)
+        ids = [
+            tasks.add_task(f)
+            for f in (writer, reader, broken, waits_with_timeouts, after_the_waiter, reader)
+        ]
+        await tasks()
+        await wait_for(lambda: "one task" in seen)
+        assert seen["after the waiter"] is True  # started while the waiter was suspended
+        release.set()
+        records = [await finished(tm, task_id) for task_id in ids]
+    assert seen["writer"] == "changed by writer"
+    assert seen["reader"] == "request"  # not the writer's change
+    assert seen["asyncio timeout"] is True and seen["anyio timeout"] is True
+    assert seen["one task"] is True
+    assert [r.status for r in records] == [
+        TaskStatus.SUCCESS,
+        TaskStatus.SUCCESS,
+        TaskStatus.FAILED,
+        TaskStatus.SUCCESS,
+        TaskStatus.SUCCESS,
+        TaskStatus.SUCCESS,
+    ]
+
+
+async def test_cancelling_a_task_that_suspended_in_the_starter() -> None:
+    """The starter's asyncio task belongs to the task that suspended in it: cancelling that
+    task ends it as cancelled and touches no other task."""
+    tm = TaskManager()
+    started = asyncio.Event()
+    done: list[str] = []
+
+    async def quick() -> None:
+        done.append("quick")
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(5)
+
+    async with tm:
+        tasks = ManagedBackgroundTasks(tm)
+        first = tasks.add_task(quick)
+        slow_id = tasks.add_task(slow)
+        last = tasks.add_task(quick)
+        await tasks()
+        await asyncio.wait_for(started.wait(), 2)
+        record = await tm.cancel(slow_id)
+        assert record.status is TaskStatus.CANCELLED
+        assert (await finished(tm, first)).status is TaskStatus.SUCCESS
+        assert (await finished(tm, last)).status is TaskStatus.SUCCESS
+    assert done == ["quick", "quick"]
