@@ -19,22 +19,67 @@ _SUSPENDS_KEPT = 1024
 
 
 class _Lane:
+    """One queue: its counters and the jobs waiting for a slot.
+
+    Waiting jobs of the default priority (0, the usual case) are kept in arrival order in a
+    deque; the others in a heap by (-priority, arrival). The next job is the heap's head if
+    its priority is above 0, else the deque's, else the heap's.
+    """
+
     def __init__(self, config: QueueConfig) -> None:
         self.config = config
         self.running = 0
         self.admitted = 0  # accepted but not started: held or waiting
         self.heap: list[tuple[int, int, Job]] = []
+        self.fifo: collections.deque[Job] = collections.deque()
+        self.fifo_seq: collections.deque[int] = collections.deque()
 
     def has_slot(self) -> bool:
         return self.running < self.config.max_concurrency
 
-    def head(self) -> Job | None:
-        while self.heap and self.heap[0][2].stage is not Stage.WAITING:
-            heapq.heappop(self.heap)  # cancelled while waiting
-        return self.heap[0][2] if self.heap else None
+    def waiting(self) -> bool:
+        return bool(self.fifo or self.heap)
 
-    def pop(self) -> Job:
-        return heapq.heappop(self.heap)[2]
+    def push(self, job: Job, seq: int) -> None:
+        priority = job.record.priority or 0
+        if priority:
+            heapq.heappush(self.heap, (-priority, seq, job))
+        else:
+            self.fifo.append(job)
+            self.fifo_seq.append(seq)
+
+    def _from_heap(self) -> bool:
+        heap, fifo = self.heap, self.fifo
+        while heap and heap[0][2].stage is not Stage.WAITING:
+            heapq.heappop(heap)  # cancelled while waiting
+        while fifo and fifo[0].stage is not Stage.WAITING:
+            fifo.popleft()
+            self.fifo_seq.popleft()
+        return bool(heap) and (not fifo or heap[0][0] < 0)
+
+    def rank(self) -> tuple[int, int] | None:
+        """(-priority, arrival) of the next waiting job; None if none waits."""
+        if self._from_heap():
+            return self.heap[0][0], self.heap[0][1]
+        return (0, self.fifo_seq[0]) if self.fifo else None
+
+    def pop(self) -> Job | None:
+        """The next waiting job, taken out; None if none waits."""
+        if self._from_heap():
+            return heapq.heappop(self.heap)[2]
+        if not self.fifo:
+            return None
+        self.fifo_seq.popleft()
+        return self.fifo.popleft()
+
+    def drain(self) -> list[Job]:
+        """Every waiting job, taken out (for shutdown)."""
+        jobs = [job for job in self.fifo if job.stage is Stage.WAITING]
+        jobs += [job for _, _, job in self.heap if job.stage is Stage.WAITING]
+        self.fifo.clear()
+        self.fifo_seq.clear()
+        self.heap.clear()
+        return jobs
 
 
 class Dispatcher:
@@ -105,7 +150,7 @@ class Dispatcher:
         if job.reserved:
             return True
         lane = self._lanes[job.record.queue]
-        if lane.heap or not lane.has_slot() or len(self.running) >= self._max_concurrent:
+        if lane.waiting() or not lane.has_slot() or len(self.running) >= self._max_concurrent:
             return False
         lane.admitted -= 1
         lane.running += 1
@@ -122,7 +167,7 @@ class Dispatcher:
             return
         job.stage = Stage.WAITING
         if (
-            not lane.heap
+            not lane.waiting()
             and lane.running < lane.config.max_concurrency
             and len(self.running) < self._max_concurrent
         ):
@@ -130,39 +175,35 @@ class Dispatcher:
             # waiting in another queue waits for that queue's own limit, not for this one).
             self._start(lane, job)
             return
-        priority = job.record.priority or 0
-        heapq.heappush(lane.heap, (-priority, next(self._seq), job))
+        lane.push(job, next(self._seq))
         self._fill()
 
     def _fill(self) -> None:
         lanes = self._lanes_list
         if len(lanes) == 1:  # one queue (the usual case): no ranking across queues
             lane = lanes[0]
-            if not lane.heap:
-                return
             while (
-                lane.heap
+                lane.waiting()
                 and len(self.running) < self._max_concurrent
                 and lane.has_slot()
-                and lane.head() is not None
+                and (job := lane.pop()) is not None
             ):
-                self._start(lane, lane.pop())
+                self._start(lane, job)
             return
         while len(self.running) < self._max_concurrent:
             best: tuple[tuple[int, int], _Lane] | None = None
             for lane in lanes:
                 if not lane.has_slot():
                     continue
-                head = lane.head()
-                if head is None:
-                    continue
-                rank = lane.heap[0][:2]
-                if best is None or rank < best[0]:
+                rank = lane.rank()
+                if rank is not None and (best is None or rank < best[0]):
                     best = (rank, lane)
             if best is None:
                 return
             lane = best[1]
-            self._start(lane, lane.pop())
+            job = lane.pop()
+            assert job is not None
+            self._start(lane, job)
 
     def _start(self, lane: _Lane, job: Job) -> None:
         lane.admitted -= 1
@@ -269,8 +310,7 @@ class Dispatcher:
         """Remove and return every job that has not started (for shutdown)."""
         jobs: list[Job] = []
         for lane in self._lanes.values():
-            jobs.extend(job for _, _, job in lane.heap if job.stage is Stage.WAITING)
-            lane.heap.clear()
+            jobs += lane.drain()
             lane.admitted = 0
         return jobs
 

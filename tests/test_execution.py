@@ -571,3 +571,31 @@ async def test_cancelling_a_task_that_suspended_in_the_starter() -> None:
         assert (await finished(tm, first)).status is TaskStatus.SUCCESS
         assert (await finished(tm, last)).status is TaskStatus.SUCCESS
     assert done == ["quick", "quick"]
+
+
+async def test_waiting_order_priority_then_arrival_across_queues() -> None:
+    """Waiting tasks start higher priority first (negative after the default), then in
+    arrival order, also across queues; a task cancelled while waiting is skipped."""
+    tm = TaskManager(max_concurrent_tasks=1, queues=[QueueConfig(name="other")])
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    @tm.task()
+    async def work(label: str) -> None:
+        if label == "blocker":
+            await gate.wait()
+        order.append(label)
+
+    async with tm:
+        blocker = await tm.enqueue(work, "blocker")
+        await wait_for(lambda: tm.store.get(blocker).record.status is TaskStatus.RUNNING)  # type: ignore[union-attr]
+        await tm.enqueue(work, "first")
+        await tm.enqueue(work, "low", priority=-5)
+        await tm.enqueue(work, "other queue", queue="other")
+        gone = await tm.enqueue(work, "cancelled")
+        await tm.enqueue(work, "high", priority=3)
+        await tm.enqueue(work, "last")
+        await tm.cancel(gone)
+        gate.set()
+        await wait_for(lambda: len(order) == 6)
+    assert order == ["blocker", "high", "first", "other queue", "last", "low"]
