@@ -742,7 +742,9 @@ class TaskManager:
 
         Routes with a ``ManagedBackgroundTasks`` parameter are bound; with
         ``plain_background_tasks=True`` so are routes with plain ``BackgroundTasks``. Call it
-        after the routes are added (``TaskAdmin`` calls it at start-up).
+        after the routes are added (``TaskAdmin`` calls it at start-up). Before the app has
+        started it also adds a small middleware that cancels the tasks of a request that
+        fails; later, each bound route gets a dependency with ``yield`` that does it instead.
         """
         from ._background import install
 
