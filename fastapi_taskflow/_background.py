@@ -47,7 +47,9 @@ def request_failed(exc: BaseException) -> str:
 
 
 def _answered(status: int) -> str:
-    if status >= 400 or status == 0:
+    if status == 0:  # nothing was sent at all
+        return _UNSENT
+    if status >= 400:
         return f"cancelled: the request failed before its response was sent (it answered {status})"
     return _OWN_BACKGROUND
 

@@ -400,3 +400,40 @@ async def test_routes_of_included_routers_are_bound() -> None:
             task_id = (await client.post(path)).json()["task_id"]
             assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
     assert sorted(ran) == ["annotated", "plain"]
+
+
+async def test_request_that_sends_no_response_cancels_its_tasks() -> None:
+    """A route whose response sends nothing (a broken custom response): the tasks it added
+    end cancelled, saying no response was sent, instead of staying pending."""
+    from starlette.responses import Response
+
+    class Silent(Response):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return None
+
+    tm = TaskManager()
+    app = make_app(tm, auto_install=True)
+    ids: list[str] = []
+
+    @app.post("/silent")
+    async def silent(background_tasks: BackgroundTasks) -> Silent:
+        ids.append(background_tasks.add_task(print, "never"))
+        return Silent()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/silent", "raw_path": b"/silent", "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"t")], "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+        record = await finished(tm, ids[0])
+    assert record.status is TaskStatus.CANCELLED
+    assert record.error == "cancelled: the request ended without sending its response"
