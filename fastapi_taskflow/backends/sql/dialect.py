@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
@@ -241,11 +241,16 @@ def in_ids(
 ) -> Iterator[sa.ColumnElement[bool]]:
     """Conditions ``column IN ids``, split to respect each database's parameter limits.
 
-    PostgreSQL takes the whole list as one array parameter (``= ANY($1)``); SQLite and
-    MySQL get ``IN (...)`` lists of bounded length.
+    PostgreSQL takes the whole list as one array parameter (``= ANY($1)``), SQLite as one
+    JSON array (``IN (SELECT value FROM json_each(?))``: no placeholder per id to render);
+    MySQL gets ``IN (...)`` lists of bounded length.
     """
     if dialect_name == "postgresql":
         yield column == sa.any_(sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.String)))
+        return
+    if dialect_name == "sqlite":
+        listed = sa.func.json_each(sa.bindparam("ids", to_json(list(ids)).decode()))
+        yield column.in_(sa.select(listed.table_valued("value").c.value))
         return
     size = 5_000 if is_mysql(dialect_name) else 900
     for start in range(0, len(ids), size):
