@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import time
+from typing import Any
 
 import pytest
 from _helpers import finished, wait_for
@@ -354,20 +355,35 @@ async def test_failed_idempotency_key_can_be_reused() -> None:
     assert second != first
 
 
+class _InOrder:
+    """A task function that notes the order labels run in; the task labelled "blocker"
+    holds its slot until ``gate`` is set."""
+
+    def __init__(self, tm: TaskManager, **options: Any) -> None:
+        self.tm = tm
+        self.order: list[str] = []
+        self.gate = asyncio.Event()
+
+        @tm.task(**options)
+        async def work(label: str) -> None:
+            if label == "blocker":
+                await self.gate.wait()
+            self.order.append(label)
+
+        self.work = work
+
+    async def block(self) -> None:
+        blocker = await self.tm.enqueue(self.work, "blocker")
+        await wait_for(lambda: self.tm.store.get(blocker).record.status is TaskStatus.RUNNING)  # type: ignore[union-attr]
+
+
 async def test_named_queues_priority_and_backpressure() -> None:
     tm = TaskManager(queues=[QueueConfig(name="mail", max_concurrency=1, max_size=3)])
-    order: list[str] = []
-    gate = asyncio.Event()
-
-    @tm.task(queue="mail")
-    async def send(label: str) -> None:
-        if label == "blocker":
-            await gate.wait()
-        order.append(label)
+    tasks = _InOrder(tm, queue="mail")
+    order, gate, send = tasks.order, tasks.gate, tasks.work
 
     async with tm:
-        blocker = await tm.enqueue(send, "blocker")
-        await wait_for(lambda: tm.store.get(blocker).record.status is TaskStatus.RUNNING)  # type: ignore[union-attr]
+        await tasks.block()
         await tm.enqueue(send, "low", priority=1)
         await tm.enqueue(send, "high", priority=10)
         last = await tm.enqueue(send, "normal")
@@ -577,18 +593,11 @@ async def test_waiting_order_priority_then_arrival_across_queues() -> None:
     """Waiting tasks start higher priority first (negative after the default), then in
     arrival order, also across queues; a task cancelled while waiting is skipped."""
     tm = TaskManager(max_concurrent_tasks=1, queues=[QueueConfig(name="other")])
-    order: list[str] = []
-    gate = asyncio.Event()
-
-    @tm.task()
-    async def work(label: str) -> None:
-        if label == "blocker":
-            await gate.wait()
-        order.append(label)
+    tasks = _InOrder(tm)
+    order, gate, work = tasks.order, tasks.gate, tasks.work
 
     async with tm:
-        blocker = await tm.enqueue(work, "blocker")
-        await wait_for(lambda: tm.store.get(blocker).record.status is TaskStatus.RUNNING)  # type: ignore[union-attr]
+        await tasks.block()
         await tm.enqueue(work, "first")
         await tm.enqueue(work, "low", priority=-5)
         await tm.enqueue(work, "other queue", queue="other")
