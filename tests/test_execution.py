@@ -608,3 +608,23 @@ async def test_waiting_order_priority_then_arrival_across_queues() -> None:
         gate.set()
         await wait_for(lambda: len(order) == 6)
     assert order == ["blocker", "high", "first", "other queue", "last", "low"]
+
+
+async def test_cancelling_a_task_handed_over_but_not_yet_started() -> None:
+    """A task handed over (its response sent) holds a slot until the starter calls it;
+    cancelling it then ends it as cancelled, frees the slot, and it never runs."""
+    tm = TaskManager(max_concurrent_tasks=1)
+    ran: list[str] = []
+
+    async def job(label: str) -> None:
+        ran.append(label)
+
+    async with tm:
+        tasks = ManagedBackgroundTasks(tm)
+        first = tasks.add_task(job, "first")
+        second = tasks.add_task(job, "second")
+        await tasks()  # handed over; nothing has started yet
+        record = await tm.cancel(first)
+        assert record.status is TaskStatus.CANCELLED
+        assert (await finished(tm, second)).status is TaskStatus.SUCCESS
+    assert ran == ["second"]
