@@ -243,7 +243,6 @@ class Dispatcher:
         while self._starting:
             job = self._starting.popleft()
             if job.stage is Stage.STARTING:
-                job.stage = Stage.RUNNING
                 self._abandoned(job)
                 self.finished(job)
 

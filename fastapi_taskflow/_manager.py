@@ -602,10 +602,6 @@ class TaskManager:
             return
         job.dispatched = True
         durable, flusher = job.durable, self._flusher
-        if durable is None and self._state is _State.RUNNING:  # nothing to wait for
-            assert self._dispatcher is not None
-            self._dispatcher.submit(job)
-            return
         if (
             durable is not None
             and not durable.done()

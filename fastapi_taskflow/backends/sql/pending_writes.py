@@ -4,8 +4,9 @@ Write-ahead puts every persisted task through ``taskflow_pending`` before it run
 insert and, for a task that waited for a slot, the running mark), so these writes are fixed
 SQL strings run straight on the driver: no statement built or compiled per batch, no per-row
 SQLAlchemy processing, and the record documents serialised by pydantic-core. PostgreSQL
-(asyncpg) takes each column of a batch as one array (``unnest``); SQLite takes the new tasks
-as an ``executemany`` and their ids as one JSON parameter (``json_each``). Other drivers (and
+(asyncpg) takes the new tasks as one JSON parameter (``json_to_recordset``) and the other
+batches as one array per column (``unnest``, ``ANY``); SQLite takes the new tasks as an
+``executemany`` and their ids as one JSON parameter (``json_each``). Other drivers (and
 connections given by the caller, whose driver may differ) use the portable SQLAlchemy
 statements of the coordinator instead.
 
