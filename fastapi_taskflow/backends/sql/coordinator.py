@@ -151,7 +151,7 @@ class SqlCoordinator:
             finished, finished_pending = (), None
         fast = self._fast(self._backend.engine.dialect)
         work: Work[list[str]] | None = None
-        one_statement = False  # outside any transaction (accept_and_mark)
+        one_statement = False  # its own transaction, run outside any (accept_and_mark)
         what = f"accepting {len(accepted)} and starting {len(running)} tasks"
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
@@ -186,8 +186,13 @@ class SqlCoordinator:
         added = []
         if work is not None:  # (only the flusher's cycles call this: see run_here)
             backend, guard = self._backend, self._backend._writes
-            run = guard.run_held if one_statement else guard.run_here
-            added = list(await run(backend.engine, work, what))
+            if not one_statement:
+                added = list(await guard.run_here(backend.engine, work, what))
+            elif backend.engine.dialect.name == "sqlite":
+                # (not kept checked out: an in-memory database has one connection)
+                added = list(await guard.run_here(backend.engine, work, what, own_transaction=True))
+            else:
+                added = list(await guard.run_held(backend.engine, work, what))
         if finished:
             self._backend._history_written()
         if later is not None:

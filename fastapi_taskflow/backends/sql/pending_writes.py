@@ -188,10 +188,18 @@ class PendingWrites:
         until: datetime | None,
         running: Sequence[str],
     ) -> Statement | None:
-        """:meth:`accept` and :meth:`mark_running` as one statement that is the whole unit
-        of work (PostgreSQL; None elsewhere). It runs on the driver's connection outside
-        any transaction: one statement is atomic by itself, and the round trips of
-        ``BEGIN`` and ``COMMIT`` are saved."""
+        """:meth:`accept` and :meth:`mark_running` as a unit of work that is its own
+        transaction: run it outside any (``WriteGuard.run_held`` or ``run_here(...,
+        own_transaction=True)``); None where there is no such form.
+
+        PostgreSQL: one statement, atomic by itself, so the round trips of ``BEGIN`` and
+        ``COMMIT`` are saved. SQLite (``owner`` given): the insert opens the transaction
+        itself, pysqlite's implicit ``BEGIN IMMEDIATE`` before a write (see
+        :func:`~.dialect.install_sqlite_events`), and the unit commits it. That is one
+        trip to the driver's thread fewer than an explicit ``BEGIN IMMEDIATE``; nothing is
+        read before the write lock is held (the insert comes first)."""
+        if self.dialect == "sqlite":
+            return self._sqlite_accept_and_mark(accepted, owner, until, running)
         if self.dialect != "postgresql":
             return None
         params = (_pg_rows(accepted), owner, self._stamps([until])[0], list(running))
@@ -206,6 +214,28 @@ class PendingWrites:
             except Exception as exc:  # asyncpg's own: in SQLAlchemy's terms for the retry
                 raise DBAPIError(_PG_ACCEPT_AND_MARK, None, exc) from exc
             return [row[0] for row in rows]
+
+        return run
+
+    def _sqlite_accept_and_mark(
+        self,
+        accepted: Sequence[TaskRecord],
+        owner: str | None,
+        until: datetime | None,
+        running: Sequence[str],
+    ) -> Statement | None:
+        if owner is None:  # (its accept reads first: that needs the explicit BEGIN)
+            return None
+        accept = self.accept(accepted, owner, until)
+        mark = self.mark_running(running) if running else None
+
+        async def run(conn: AsyncConnection) -> list[str]:
+            driver = await _aiosqlite(conn)
+            added = await accept(conn) if accepted else []
+            if mark is not None:
+                await mark(conn)
+            await driver.commit()  # (a failure: the caller rolls back or drops the connection)
+            return list(added)
 
         return run
 

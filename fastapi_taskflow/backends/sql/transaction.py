@@ -39,12 +39,16 @@ def translate(exc: BaseException, what: str, engine: AsyncEngine) -> BackendErro
     return BackendError(f"{what} failed on {describe(engine)}: {detail}")
 
 
-async def _attempts(engine: AsyncEngine, work: Work[T], what: str, *, write: bool) -> T:
+async def _attempts(
+    engine: AsyncEngine, work: Work[T], what: str, *, write: bool, begin: bool = True
+) -> T:
     for delay in (*RETRY_DELAYS_S, None):
         try:
             async with engine.connect() as conn:
-                if not write:
-                    return await work(conn)  # no explicit transaction: fewer round trips
+                if not (write and begin):
+                    # A read needs no explicit transaction (fewer round trips); a write
+                    # without ``begin`` is its own (see run_here).
+                    return await work(conn)
                 # SQLite takes its write lock here, so work that reads before it writes
                 # (check, then insert) is atomic across processes; an error rolls back.
                 commit = await begin_write(conn)
@@ -88,11 +92,18 @@ class WriteGuard:
             self._inflight.discard(done)
             done.set_result(None)
 
-    async def run_here(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+    async def run_here(
+        self, engine: AsyncEngine, work: Work[T], what: str, *, own_transaction: bool = False
+    ) -> T:
         """:meth:`run` in the calling task, for a caller that is never cancelled mid-write
-        (the flusher's cycles: stopping waits for them): a task and a shield fewer a write."""
+        (the flusher's cycles: stopping waits for them): a task and a shield fewer a write.
+
+        ``own_transaction``: ``work`` begins and commits its transaction itself (see
+        ``PendingWrites.accept_and_mark``); it is run on a connection without one. Should
+        it fail, the connection's open transaction is rolled back as it goes back to the
+        pool."""
         with self._tracked():
-            return await _attempts(engine, work, what, write=True)
+            return await _attempts(engine, work, what, write=True, begin=not own_transaction)
 
     async def run_held(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
         """:meth:`run_here` for ``work`` that is one statement outside any transaction
