@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -12,6 +13,8 @@ from ._context import append_log, reset_task_context, set_task_context
 from ._errors import TaskflowError
 from ._job import Job, Stage
 from ._models import TaskStatus, new_attempt, utcnow
+
+_NO_KWARGS: dict[str, Any] = {}  # (read only: arguments are passed as **kwargs, copied)
 
 
 class TaskTimeoutError(TaskflowError, TimeoutError):
@@ -160,4 +163,8 @@ class Executor:
             append_log(record, error, level="error", attempt=attempt)
         job.stage = Stage.DONE
         job.context = None  # do not keep the request's context variables alive
+        if status is TaskStatus.SUCCESS:
+            # Kept only to retry a task, which a success never is: the record keeps its own
+            # copy for display and history (a completed job stays in memory up to max_records).
+            job.args, job.kwargs = (), _NO_KWARGS
         self._on_terminal(job)
