@@ -659,12 +659,13 @@ async def memory_probe(records: int, mode: str, burst: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"records": records, "mode": mode, "burst": burst, "seconds": seconds}
     result["held"] = len(manager.store)
     if mode == "trace":
+        # (counted first: the snapshot below is made of objects too)
+        result["tracked_objects"] = len(gc.get_objects()) - objects0
         current, peak = tracemalloc.get_traced_memory()
         snapshot = tracemalloc.take_snapshot()
         tracemalloc.stop()
         result["retained"] = current - traced0
         result["peak"] = peak - traced0
-        result["tracked_objects"] = len(gc.get_objects()) - objects0
         top = []
         for stat in snapshot.statistics("lineno")[:12]:
             frame = stat.traceback[0]
