@@ -16,25 +16,22 @@ class Gate(Generic[T]):
     """Opens once every item of its batch is written, or when its deadline passes (the
     backend is slow or unreachable), whichever comes first.
 
-    One event and at most one timer serve the whole batch, instead of a future, a shield
-    and a timer per task. Coroutines :meth:`wait` on it; callbacks are :meth:`hold`-ed and
-    run in order when it opens. The deadline counts from the gate's creation (its first
+    One list of waiters and at most one timer serve the whole batch, instead of a future, a
+    shield and a timer per task. Coroutines :meth:`wait` on it; callbacks are :meth:`hold`-ed
+    and run in order when it opens. The deadline counts from the gate's creation (its first
     item), and is set by the first caller that waits or holds.
     """
 
-    __slots__ = ("_created", "_event", "_held", "_timer", "expected", "saved")
+    __slots__ = ("_created", "_held", "_timer", "_waiters", "expected", "is_open", "saved")
 
     def __init__(self) -> None:
         self._created = asyncio.get_running_loop().time()
-        self._event = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self._held: list[tuple[Callable[[T], None], T]] = []
         self._timer: asyncio.TimerHandle | None = None
         self.expected = 0  # items not written yet
         self.saved = False  # opened because every item was written
-
-    @property
-    def is_open(self) -> bool:
-        return self._event.is_set()
+        self.is_open = False
 
     def settle(self) -> None:
         """One item of the batch is written; the last one opens the gate."""
@@ -55,13 +52,21 @@ class Gate(Generic[T]):
         """Wait until the gate opens; True if its batch was written (not timed out)."""
         if not self.is_open:
             self._arm(timeout_s)
-            await self._event.wait()
+            # A future per waiter, woken by open() (a waiter cancelled meanwhile is skipped
+            # there): what asyncio.Event.wait does, without its bookkeeping.
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
         return self.saved
 
     def open(self) -> None:
         if self.is_open:
             return
-        self._event.set()
+        self.is_open = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
