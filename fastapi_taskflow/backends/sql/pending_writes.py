@@ -199,7 +199,20 @@ class PendingWrites:
         trip to the driver's thread fewer than an explicit ``BEGIN IMMEDIATE``; nothing is
         read before the write lock is held (the insert comes first)."""
         if self.dialect == "sqlite":
-            return self._sqlite_accept_and_mark(accepted, owner, until, running)
+            if owner is None:  # (its accept reads first: that needs the explicit BEGIN)
+                return None
+            accept = self.accept(accepted, owner, until)
+            mark = self.mark_running(running) if running else None
+
+            async def run_sqlite(conn: AsyncConnection) -> list[str]:
+                driver = await _aiosqlite(conn)
+                added = await accept(conn) if accepted else []
+                if mark is not None:
+                    await mark(conn)
+                await driver.commit()  # (on failure the caller rolls back or drops the connection)
+                return list(added)
+
+            return run_sqlite
         if self.dialect != "postgresql":
             return None
         params = (_pg_rows(accepted), owner, self._stamps([until])[0], list(running))
@@ -214,28 +227,6 @@ class PendingWrites:
             except Exception as exc:  # asyncpg's own: in SQLAlchemy's terms for the retry
                 raise DBAPIError(_PG_ACCEPT_AND_MARK, None, exc) from exc
             return [row[0] for row in rows]
-
-        return run
-
-    def _sqlite_accept_and_mark(
-        self,
-        accepted: Sequence[TaskRecord],
-        owner: str | None,
-        until: datetime | None,
-        running: Sequence[str],
-    ) -> Statement | None:
-        if owner is None:  # (its accept reads first: that needs the explicit BEGIN)
-            return None
-        accept = self.accept(accepted, owner, until)
-        mark = self.mark_running(running) if running else None
-
-        async def run(conn: AsyncConnection) -> list[str]:
-            driver = await _aiosqlite(conn)
-            added = await accept(conn) if accepted else []
-            if mark is not None:
-                await mark(conn)
-            await driver.commit()  # (a failure: the caller rolls back or drops the connection)
-            return list(added)
 
         return run
 
