@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fastapi_taskflow import TaskFilter, TaskRecord, TaskStatus
+from fastapi_taskflow._errors import BackendError
 from fastapi_taskflow.backends import MemoryBackend, SnapshotBackend
 from fastapi_taskflow.backends.base import Coordinator
 
@@ -188,6 +189,45 @@ async def test_postgres_write_cycles_outlive_the_connection_they_keep(
         assert live == {"task-0001": running, "task-0002": TaskStatus.PENDING, "task-0003": running}
         # and the cycles after that one go on as before
         assert await c.write_cycle([rec(4)], running=[], **cycle) == ["task-0004"]
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a write-ahead cycle opens its transaction with its insert and commits it
+    itself. When a later step of the cycle fails, the insert is rolled back, not left open
+    on the pooled connection for the next cycle to commit: the failed cycle's task is not in
+    the pending store, the next cycle's is, and both writes go through."""
+    import sqlite3
+
+    from fastapi_taskflow.backends import SqliteBackend
+    from fastapi_taskflow.backends.sql import pending_writes
+
+    backend = SqliteBackend(str(tmp_path / "half.db"))
+    await backend.open()
+    try:
+        c = backend.coordinator()
+        cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60, "finished": []}
+        assert await c.write_cycle([rec(1)], running=[], **cycle) == ["task-0001"]
+        real_mark = pending_writes.PendingWrites.mark_running
+
+        def failing_mark(self: Any, task_ids: Any) -> Any:
+            async def fail(conn: Any) -> None:
+                raise sqlite3.OperationalError("no such table: injected")
+
+            return fail
+
+        monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", failing_mark)
+        running = rec(1, status=TaskStatus.RUNNING)
+        with pytest.raises(BackendError, match="injected"):
+            await c.write_cycle([rec(2)], running=[running], **cycle)
+        monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", real_mark)
+        assert await c.write_cycle([rec(3)], running=[running], **cycle) == ["task-0003"]
+        live = {r.task_id: r.status for r in await c.live(TaskFilter())}
+        assert live == {"task-0001": TaskStatus.RUNNING, "task-0003": TaskStatus.PENDING}
+        assert await c.write_cycle([rec(2)], running=[], **cycle) == ["task-0002"]
     finally:
         await backend.close()
 
