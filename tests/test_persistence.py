@@ -155,6 +155,42 @@ async def test_success_and_failure_are_flushed_at_once_in_shared_batches(
     assert len(saves) < 50  # many completions share one write
 
 
+async def test_an_enqueue_cancelled_while_waiting_for_its_write_ahead(tmp_path: Path) -> None:
+    """Three callers wait for one write-ahead batch and one of them is cancelled meanwhile:
+    the other two return once the batch is durable, and all three tasks run (a task is
+    accepted before its caller waits; cancelling the wait does not cancel the task)."""
+    tm = TaskManager(database_url=f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    ran: list[int] = []
+
+    @tm.task(persist=True)
+    async def job(n: int) -> None:
+        ran.append(n)
+
+    async with tm:
+        coordinator: Any = tm._coordinator
+        release = asyncio.Event()
+        write_cycle = coordinator.write_cycle
+
+        async def slow_cycle(*args: Any, **kwargs: Any) -> Any:
+            await release.wait()
+            return await write_cycle(*args, **kwargs)
+
+        coordinator.write_cycle = slow_cycle
+        callers = [asyncio.create_task(tm.enqueue(job, n)) for n in range(3)]
+        await asyncio.sleep(0.05)
+        assert not any(caller.done() for caller in callers)  # all wait for the write
+        callers[1].cancel()
+        await asyncio.sleep(0)
+        release.set()
+        async with asyncio.timeout(10):
+            ids = [await callers[0], await callers[2]]
+        with pytest.raises(asyncio.CancelledError):
+            await callers[1]
+        await wait_for(lambda: sorted(ran) == [0, 1, 2])
+        for task_id in ids:
+            await finished(tm, task_id)
+
+
 async def test_periodic_flush_writes_other_terminal_states(make_backend: BackendFactory) -> None:
     tm = manager(make_backend, snapshot_interval=0.1)
     gate = asyncio.Event()
