@@ -193,19 +193,22 @@ async def test_postgres_write_cycles_outlive_the_connection_they_keep(
         await backend.close()
 
 
+@pytest.mark.parametrize("pool_reset", [True, False], ids=["pool-reset", "no-pool-reset"])
 async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool_reset: bool
 ) -> None:
     """On SQLite a write-ahead cycle opens its transaction with its insert and commits it
     itself. When a later step of the cycle fails, the insert is rolled back, not left open
     on the pooled connection for the next cycle to commit: the failed cycle's task is not in
-    the pending store, the next cycle's is, and both writes go through."""
+    the pending store, the next cycle's is, and both writes go through. Also with an engine
+    whose pool does not reset connections it gets back."""
     import sqlite3
 
     from fastapi_taskflow.backends import SqliteBackend
     from fastapi_taskflow.backends.sql import pending_writes
 
-    backend = SqliteBackend(str(tmp_path / "half.db"))
+    options: dict[str, Any] = {} if pool_reset else {"pool_reset_on_return": None}
+    backend = SqliteBackend(str(tmp_path / "half.db"), **options)
     await backend.open()
     try:
         c = backend.coordinator()

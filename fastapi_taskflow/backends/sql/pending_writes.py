@@ -18,6 +18,7 @@ app a serialisation and the database a JSON parse for every task that waited for
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -206,10 +207,17 @@ class PendingWrites:
 
             async def run_sqlite(conn: AsyncConnection) -> list[str]:
                 driver = await _aiosqlite(conn)
-                added = await accept(conn) if accepted else []
-                if mark is not None:
-                    await mark(conn)
-                await driver.commit()  # (on failure the caller rolls back or drops the connection)
+                try:
+                    added = await accept(conn) if accepted else []
+                    if mark is not None:
+                        await mark(conn)
+                    await driver.commit()
+                except BaseException:
+                    # Not left to the pool's reset (an engine may be configured without
+                    # one): a failed unit leaves no transaction open on the connection.
+                    with contextlib.suppress(Exception):
+                        await driver.rollback()
+                    raise
                 return list(added)
 
             return run_sqlite
