@@ -12,12 +12,13 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ._gate import Gate
 from ._job import Job
@@ -272,24 +273,16 @@ class Flusher:
         queue = self._accept_queue
         size = self._batch_size
         if not self._history_first:
-            batch = list(itertools.islice(queue.values(), size))
-        else:
-            unsaved = self._dirty.keys() | self._saving.keys()
-            ready = [entry for entry in queue.values() if entry[0].task_id not in unsaved]
-            if len(ready) == len(queue):
-                self._history_first = False
-            batch = ready[:size]
-        for entry in batch:
-            del queue[entry[0].task_id]
-        return batch
+            return _take(queue, queue.values(), size)
+        unsaved = self._dirty.keys() | self._saving.keys()
+        ready = [entry for entry in queue.values() if entry[0].task_id not in unsaved]
+        if len(ready) == len(queue):
+            self._history_first = False
+        return _take(queue, ready, size)
 
     def _to_start(self) -> list[_Starting]:
         """Take up to a batch of running marks to save off the queue."""
-        queue = self._start_queue
-        batch = list(itertools.islice(queue.values(), self._batch_size))
-        for entry in batch:
-            del queue[entry[0].task_id]
-        return batch
+        return _take(self._start_queue, self._start_queue.values(), self._batch_size)
 
     @contextlib.contextmanager
     def _taken(self, accepting: list[_Accepted], starting: list[_Starting]) -> Iterator[None]:
@@ -583,3 +576,14 @@ class Flusher:
                 self.backlog,
                 len(self._accepting),
             )
+
+
+_E = TypeVar("_E", _Accepted, _Starting)
+
+
+def _take(queue: dict[str, _E], entries: Iterable[_E], size: int) -> list[_E]:
+    """The first ``size`` of ``entries``, taken off ``queue`` (entries keyed by task id)."""
+    batch = list(itertools.islice(entries, size))
+    for entry in batch:
+        del queue[entry[0].task_id]
+    return batch

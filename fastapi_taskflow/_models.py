@@ -50,7 +50,7 @@ def shared_template(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, A
     a third of the memory of an ordinary dict of the same fields (a task record's: 290
     instead of 830 bytes), for a copy just as fast.
     """
-    template = cls.__new__(cls)
+    template = object.__new__(cls)
     for name, value in values.items():
         object.__setattr__(template, name, value)
     return template.__dict__

@@ -202,13 +202,13 @@ class PendingWrites:
         if self.dialect == "sqlite":
             if owner is None:  # (its accept reads first: that needs the explicit BEGIN)
                 return None
-            accept = self.accept(accepted, owner, until)
+            accept = self.accept(accepted, owner, until) if accepted else None
             mark = self.mark_running(running) if running else None
 
             async def run_sqlite(conn: AsyncConnection) -> list[str]:
                 driver = await _aiosqlite(conn)
                 try:
-                    added = await accept(conn) if accepted else []
+                    added = await accept(conn) if accept is not None else []
                     if mark is not None:
                         await mark(conn)
                     await driver.commit()

@@ -98,10 +98,9 @@ class WriteGuard:
         """:meth:`run` in the calling task, for a caller that is never cancelled mid-write
         (the flusher's cycles: stopping waits for them): a task and a shield fewer a write.
 
-        ``own_transaction``: ``work`` begins and commits its transaction itself (see
-        ``PendingWrites.accept_and_mark``); it is run on a connection without one. Should
-        it fail, the connection's open transaction is rolled back as it goes back to the
-        pool."""
+        ``own_transaction``: ``work`` begins and commits (or, failing, rolls back) its
+        transaction itself (see ``PendingWrites.accept_and_mark``); it is run on a
+        connection without one."""
         with self._tracked():
             return await _attempts(engine, work, what, write=True, begin=not own_transaction)
 
