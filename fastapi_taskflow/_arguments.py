@@ -7,11 +7,11 @@ from typing import Any
 
 from ._errors import UnstorableArgumentError
 
-_SCALARS = frozenset({str, int, bool, type(None)})
+SCALARS = frozenset({str, int, bool, type(None)})  # taken as they are
 
 
 def _is_json(value: Any) -> bool:
-    if type(value) in _SCALARS or isinstance(value, str | bool | int):
+    if type(value) in SCALARS or isinstance(value, str | bool | int):
         return True
     if isinstance(value, float):
         return value == value and value not in (float("inf"), float("-inf"))
@@ -67,7 +67,7 @@ def snapshot(
 
     Plain scalars (the common case) are taken as they are without further checks.
     """
-    scalars = _SCALARS
+    scalars = SCALARS
     exact = True
     stored_args: list[Any] = []
     for value in args:
@@ -84,4 +84,4 @@ def snapshot(
     return exact, stored_args, stored_kwargs
 
 
-__all__ = ["all_json", "check_storable", "snapshot", "to_json"]
+__all__ = ["SCALARS", "all_json", "check_storable", "snapshot", "to_json"]

@@ -114,6 +114,14 @@ class ManagedBackgroundTasks(BackgroundTasks):
                 )  # fmt: skip
 
             return asyncio.run_coroutine_threadsafe(on_loop(), manager.loop).result()
+        if idempotency_key is None and tags is None and priority is None and queue is None:
+            job = manager.add_light(func, args, kwargs, "request")  # (the usual case)
+            if job is not None:
+                if eager if eager is not None else job.config.eager:
+                    manager.dispatch(job)
+                else:
+                    self._held.append(job)
+                return job.task_id
         return self._add(
             manager, func, args, kwargs, idempotency_key=idempotency_key, tags=tags,
             eager=eager, priority=priority, queue=queue, context=None,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import TaskflowError
 from ._models import LogEntry, TaskRecord, utcnow
+
+if TYPE_CHECKING:
+    from ._job import Job
 
 _LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 
@@ -25,8 +28,9 @@ class TaskContext:
     record: TaskRecord = field(repr=False, compare=False)
 
 
-# The running task's record and attempt number; the TaskContext is built when asked for.
-_current: contextvars.ContextVar[tuple[TaskRecord, int] | None] = contextvars.ContextVar(
+# The running task's job and attempt number; the TaskContext is built when asked for (and
+# with it the record of a light job).
+_current: contextvars.ContextVar[tuple[Job, int] | None] = contextvars.ContextVar(
     "fastapi_taskflow_task", default=None
 )
 
@@ -36,7 +40,8 @@ def get_task_context() -> TaskContext | None:
     current = _current.get()
     if current is None:
         return None
-    record, attempt = current
+    job, attempt = current
+    record = job.record
     return TaskContext(
         task_id=record.task_id,
         func_name=record.func_name,
@@ -48,8 +53,8 @@ def get_task_context() -> TaskContext | None:
     )
 
 
-def set_task_context(record: TaskRecord, attempt: int) -> contextvars.Token[Any]:
-    return _current.set((record, attempt))
+def set_task_context(job: Job, attempt: int) -> contextvars.Token[Any]:
+    return _current.set((job, attempt))
 
 
 def reset_task_context(token: contextvars.Token[Any]) -> None:
@@ -77,5 +82,5 @@ def task_log(message: str, *, level: str = "info", **extra: Any) -> None:
     level = level.lower()
     if level not in _LEVELS:
         raise ValueError(f"task_log level {level!r} is not one of {sorted(_LEVELS)}")
-    record, attempt = current
-    append_log(record, str(message), level=level, attempt=attempt, **extra)
+    job, attempt = current
+    append_log(job.record, str(message), level=level, attempt=attempt, **extra)

@@ -7,17 +7,17 @@ import binascii
 from datetime import datetime
 
 from ._errors import ConfigurationError
-from ._models import TaskRecord
+from ._models import SealedRecord, TaskRecord
 
 Key = tuple[datetime, str]
 
 
-def sort_key(record: TaskRecord) -> Key:
+def sort_key(record: TaskRecord | SealedRecord) -> Key:
     """The key history is ordered by (descending)."""
     return (record.created_at, record.task_id)
 
 
-def encode(record: TaskRecord) -> str:
+def encode(record: TaskRecord | SealedRecord) -> str:
     """A cursor that continues after ``record``."""
     raw = f"{record.created_at.isoformat()}|{record.task_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

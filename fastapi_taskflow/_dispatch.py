@@ -41,7 +41,7 @@ class _Lane:
         return bool(self.fifo or self.heap)
 
     def push(self, job: Job, seq: int) -> None:
-        priority = job.record.priority or 0
+        priority = job.priority or 0
         if priority:
             heapq.heappush(self.heap, (-priority, seq, job))
         else:
@@ -95,10 +95,12 @@ class Dispatcher:
         max_concurrent: int,
         run: Callable[[Job], Coroutine[Any, Any, None]],
         abandoned: Callable[[Job], None],
+        begin: Callable[[Job], Coroutine[Any, Any, None] | None] | None = None,
     ) -> None:
         self._lanes = {name: _Lane(config) for name, config in queues.items()}
         self._max_concurrent = max_concurrent
         self._run = run
+        self._begin = begin if begin is not None else run  # starts a job in the starter
         self._abandoned = abandoned
         self._seq = itertools.count()
         self.running: dict[str, Job] = {}
@@ -126,16 +128,25 @@ class Dispatcher:
 
     def admit(self, job: Job) -> bool:
         """Reserve room for ``job`` in its queue; False when the queue is full."""
-        lane = self._lanes[job.record.queue]
+        lane = self._lanes[job.queue]
         limit = lane.config.max_size
         if limit is not None and lane.admitted >= limit:
             return False
         lane.admitted += 1
         return True
 
+    def admit_unbounded(self, queue: str) -> bool:
+        """:meth:`admit` for a job of ``queue`` before it exists, if the queue has no size
+        limit (nothing to check); False, nothing reserved, otherwise."""
+        lane = self._lanes.get(queue)
+        if lane is None or lane.config.max_size is not None:
+            return False
+        lane.admitted += 1
+        return True
+
     def release(self, job: Job) -> None:
         """Give back the room of an admitted job that will never start."""
-        lane = self._lanes[job.record.queue]
+        lane = self._lanes[job.queue]
         if not job.reserved:
             lane.admitted -= 1
             return
@@ -149,7 +160,7 @@ class Dispatcher:
         write-ahead is durable; False (nothing taken) if it would have to wait its turn."""
         if job.reserved:
             return True
-        lane = self._lanes[job.record.queue]
+        lane = self._lanes[job.queue]
         if lane.waiting() or not lane.has_slot() or len(self.running) >= self._max_concurrent:
             return False
         lane.admitted -= 1
@@ -160,7 +171,7 @@ class Dispatcher:
 
     def submit(self, job: Job) -> None:
         """Make an admitted job eligible to start."""
-        lane = self._lanes[job.record.queue]
+        lane = self._lanes[job.queue]
         if job.reserved:
             job.reserved = False
             self._launch(job)
@@ -266,8 +277,10 @@ class Dispatcher:
                 continue
             job.stage = Stage.RUNNING
             context = job.context if job.context is not None else contextvars.copy_context()
-            coro = self._run(job)
             try:
+                coro = context.run(self._begin, job)
+                if coro is None:  # it ran to its end already
+                    continue
                 yielded = context.run(coro.send, None)
             except StopIteration:
                 continue
@@ -302,7 +315,7 @@ class Dispatcher:
         if self.running.get(job.task_id) is not job:
             return
         del self.running[job.task_id]
-        self._lanes[job.record.queue].running -= 1
+        self._lanes[job.queue].running -= 1
         self._fill()
 
     def take_waiting(self) -> list[Job]:

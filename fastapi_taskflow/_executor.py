@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import traceback
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
+from datetime import datetime
+from time import time as _time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +24,17 @@ _NO_KWARGS: dict[str, Any] = {}  # (read only: arguments are passed as **kwargs,
 
 class TaskTimeoutError(TaskflowError, TimeoutError):
     """An attempt ran longer than its task's ``timeout``."""
+
+
+@dataclass(slots=True)
+class _Begun:
+    """A first attempt that :meth:`Executor.start` began and did not finish: the function
+    suspended (``inner``, on ``yielded``) or raised (``error``)."""
+
+    token: contextvars.Token[Any]
+    inner: Coroutine[Any, Any, Any] | None = None
+    yielded: Any = None
+    error: BaseException | None = None
 
 
 def describe(exc: BaseException) -> str:
@@ -36,8 +52,11 @@ class Executor:
         on_change: Callable[[Job], None],
         on_terminal: Callable[[Job], None],
         before_start: Callable[[Job], Awaitable[None]] | None = None,
+        on_light_success: Callable[[Job, float, float], bool] | None = None,
     ) -> None:
         self._sync_slots = sync_slots
+        # Takes a light job that succeeded (started, ended): True if it recorded it.
+        self._on_light_success = on_light_success or (lambda job, started, ended: False)
         self._on_change = on_change
         self._on_terminal = on_terminal
         self._before_start = before_start
@@ -49,28 +68,100 @@ class Executor:
         else:
             self.finish(job, TaskStatus.INTERRUPTED, "interrupted: the application shut down")
 
-    async def run(self, job: Job) -> None:
-        """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted."""
+    def start(self, job: Job) -> Coroutine[Any, Any, None] | None:
+        """Begin running ``job`` in the current context (the job's own), without a coroutine
+        of the executor's if it can: returns ``None`` when that ended the job, else the rest
+        of its run, a coroutine to drive to its end.
+
+        An async function without a timeout, on a job that waits for no shared store, is
+        called here and run up to its first suspension. One that returns without suspending
+        (a short task's usual case) is recorded as succeeded at once: a light job that nobody
+        looked at is handed to ``on_light_success`` (which seals it) without ever building
+        its record. One that suspends or raises goes on in :meth:`run`, its attempt recorded
+        as begun here.
+        """
+        config = job.config
+        if config.timeout is not None or not config.is_async or job.leased:
+            return self.run(job)
+        light = job.light
+        if light:
+            started = job.started = _time()
+            number = 1
+        else:
+            record = job.record
+            fields = record.__dict__
+            number = record.retries_used + 1
+            start = utcnow()
+            fields["status"] = TaskStatus.RUNNING  # (what the function sees of itself)
+            if record.start_time is None:
+                fields["start_time"] = start
+        token = set_task_context(job, number)
+        try:
+            inner = config.func(*job.args, **job.kwargs)
+            yielded = inner.send(None)
+        except StopIteration:
+            reset_task_context(token)
+            if light and job.light and self._on_light_success(job, started, _time()):
+                return None
+            if not light:
+                job.record.attempts.append(new_attempt(number, start))
+            # (a light job whose record was read while it ran got its attempt then)
+            self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
+            return None
+        except BaseException as exc:  # (run() treats it as if raised there)
+            if not light:
+                self._begin_attempt(job, number, start)
+            job.record  # noqa: B018  (a light job's record: running, its attempt begun)
+            return self.run(job, _Begun(token, error=exc))
+        if not light:
+            self._begin_attempt(job, number, start)
+        job.record  # noqa: B018
+        return self.run(job, _Begun(token, inner, yielded))
+
+    @staticmethod
+    def _begin_attempt(job: Job, number: int, start: datetime) -> None:
+        record = job.record
+        record.attempts.append(new_attempt(number, start))
+        record.__dict__["updated_at"] = start
+
+    async def run(self, job: Job, begun: _Begun | None = None) -> None:
+        """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted.
+
+        With ``begun``, its first attempt was begun by :meth:`start`: this goes on with it.
+        """
         record, config = job.record, job.config
         # Hot path: the record's fields are written through its __dict__ (a pydantic model's
         # __setattr__ costs about a microsecond per field and validates nothing here).
         fields = record.__dict__
         try:
             while True:
-                number = record.retries_used + 1
-                now = utcnow()
-                fields["status"] = TaskStatus.RUNNING
-                if record.start_time is None:
-                    fields["start_time"] = now
-                attempt = new_attempt(number, now)
-                record.attempts.append(attempt)
-                fields["updated_at"] = now
-                self._on_change(job)
-                if number == 1 and job.leased and self._before_start is not None:
-                    await self._before_start(job)
-                token = set_task_context(record, number)
+                if begun is None:
+                    number = record.retries_used + 1
+                    now = utcnow()
+                    fields["status"] = TaskStatus.RUNNING
+                    if record.start_time is None:
+                        fields["start_time"] = now
+                    attempt = new_attempt(number, now)
+                    record.attempts.append(attempt)
+                    fields["updated_at"] = now
+                    self._on_change(job)
+                    if number == 1 and job.leased and self._before_start is not None:
+                        await self._before_start(job)
+                    token = set_task_context(job, number)
+                else:  # begun by start(), which recorded the attempt
+                    number = record.retries_used + 1
+                    attempt = record.attempts[-1]
+                    self._on_change(job)
+                    token = begun.token
                 try:
-                    if config.timeout is None and config.is_async:  # the common case, inline
+                    if begun is not None:
+                        first, begun = begun, None
+                        if first.error is not None:
+                            raise first.error
+                        assert first.inner is not None
+                        await _resume(first.inner, first.yielded)
+                        error = None
+                    elif config.timeout is None and config.is_async:  # the common case
                         await config.func(*job.args, **job.kwargs)
                         error = None
                     else:
@@ -168,3 +259,22 @@ class Executor:
             # copy for display and history (a completed job stays in memory up to max_records).
             job.args, job.kwargs = (), _NO_KWARGS
         self._on_terminal(job)
+
+
+@types.coroutine
+def _resume(inner: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, None]:
+    """Await ``inner``, a coroutine already started and now suspended on ``yielded``: what
+    it waits for passes up to the current task, what the task sends or throws goes down."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = inner.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = inner.send(sent)
+            except StopIteration:
+                return

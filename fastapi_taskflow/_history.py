@@ -10,10 +10,12 @@ from ._errors import ConfigurationError
 from ._models import (
     LIVE_STATUSES,
     FunctionStats,
+    SealedRecord,
     TaskFilter,
     TaskPage,
     TaskRecord,
     TaskStatus,
+    full_record,
 )
 from ._query import page_of, stats_of
 from .backends.base import Coordinator, HistoryRepository, SnapshotBackend
@@ -24,11 +26,12 @@ MAX_LIMIT = 1000
 class RecordsRepository:
     """A repository over records held in memory (the default, and tests)."""
 
-    def __init__(self, records: Callable[[], Iterable[TaskRecord]]) -> None:
+    def __init__(self, records: Callable[[], Iterable[TaskRecord | SealedRecord]]) -> None:
         self._records = records
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        return next((r for r in self._records() if r.task_id == task_id), None)
+        found = next((r for r in self._records() if r.task_id == task_id), None)
+        return full_record(found) if found is not None else None
 
     async def query(
         self, filter: TaskFilter, *, limit: int = 50, cursor: str | None = None
@@ -119,7 +122,7 @@ class TaskHistory:
 
     def __init__(
         self,
-        live: Callable[[], Iterable[TaskRecord]],
+        live: Callable[[], Iterable[TaskRecord | SealedRecord]],
         stored: HistoryRepository | None,
         unsaved: Callable[[], Container[str]],
         lookup: Callable[[str], TaskRecord | None],
@@ -137,14 +140,14 @@ class TaskHistory:
         self._stored = stored
         self._shared = shared
 
-    def _from_memory(self, record: TaskRecord, unsaved: Container[str]) -> bool:
+    def _from_memory(self, record: TaskRecord | SealedRecord, unsaved: Container[str]) -> bool:
         """Whether a reader takes ``record`` from this process's memory: always without a
         backend; with one, while it is live or not yet saved (the unsaved ids are read
         before the backend is queried, so a record being written shows in one view or both,
         never in neither)."""
         return self._stored is None or record.status in LIVE_STATUSES or record.task_id in unsaved
 
-    def _local(self) -> Iterable[TaskRecord]:
+    def _local(self) -> Iterable[TaskRecord | SealedRecord]:
         if self._stored is None:
             return self._live_records()
         unsaved = self._unsaved()

@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from time import time as _time
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from starlette.background import BackgroundTasks
@@ -27,10 +28,10 @@ from ._errors import (
     UnknownTaskError,
     UnsupportedOperationError,
 )
-from ._executor import Executor
+from ._executor import _NO_KWARGS, Executor
 from ._flusher import Flusher, WriteAhead
 from ._history import LoadingRepository, TaskHistory
-from ._job import Job, Stage
+from ._job import Job, Stage, light_job, seal_of
 from ._leases import LeaseKeeper
 from ._models import (
     TAG_KEY_LENGTH,
@@ -40,6 +41,7 @@ from ._models import (
     TaskStatus,
     new_record,
     new_task_id,
+    unseal,
     utcnow,
 )
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
@@ -193,16 +195,16 @@ class TaskManager:
         self._flusher: Flusher | None = None
         self._orphans: list[TaskRecord] = []
         self.history = TaskHistory(
-            live=lambda: itertools.chain((job.record for job in self.store), self._orphans),
+            live=lambda: itertools.chain(self.store.records(), self._orphans),
             stored=None,
             unsaved=lambda: self._flusher.unsaved() if self._flusher else frozenset(),
             lookup=self._lookup,
         )
 
     def _lookup(self, task_id: str) -> TaskRecord | None:
-        job = self.store.get(task_id)
-        if job is not None:
-            return job.record
+        record = self.store.record(task_id)
+        if record is not None:
+            return record
         return next((r for r in self._orphans if r.task_id == task_id), None)
 
     # ------------------------------------------------------------------ registration
@@ -320,10 +322,12 @@ class TaskManager:
             on_change=self._on_change,
             on_terminal=self._on_terminal,
             before_start=self._before_start,
+            on_light_success=self._light_success,
         )
         self._dispatcher = Dispatcher(
-            self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned
-        )
+            self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned,
+            begin=self._executor.start,
+        )  # fmt: skip
         backend = self.backend
         if backend is not None:
             await backend.open()
@@ -458,6 +462,17 @@ class TaskManager:
             existing = self.duplicate_of(idempotency_key, func)
             if existing is not None:
                 return existing
+        elif (
+            not tags
+            and priority is None
+            and queue is None
+            and task_id is None
+            and created_at is None
+            and context is None
+        ):
+            light = self.add_light(func, args, kwargs, source)
+            if light is not None:
+                return light
         job = self._prepare(
             func, args, kwargs, idempotency_key=idempotency_key, tags=tags, priority=priority,
             queue=queue, source=source, task_id=task_id, created_at=created_at, context=context,
@@ -485,6 +500,54 @@ class TaskManager:
             assert self._flusher is not None
             job.durable = self._flusher.accept(job)
         return job
+
+    def add_light(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], source: str
+    ) -> Job | None:
+        """:meth:`create` for a task added with no options, as a light job (see :class:`Job`);
+        ``None`` where one does not fit (a task written ahead or persisted exactly, a queue
+        with a size limit, a manager that is not running) and :meth:`create` does the rest.
+        """
+        if self._state is not _State.RUNNING:
+            return None
+        config = self.registry.for_callable(func)
+        if self.backend is not None and (config.persist or self.requeue_pending):
+            return None  # (its arguments must be stored exactly, at once)
+        assert self._dispatcher is not None
+        queue = config.queue or DEFAULT_QUEUE
+        if not self._dispatcher.admit_unbounded(queue):
+            return None
+        job = light_job(
+            new_task_id(), config, args, kwargs, contextvars.copy_context(), _time(), queue,
+            source, self.instance_id,
+        )  # fmt: skip
+        self.store.add_light(job)
+        return job
+
+    def _light_success(self, job: Job, started: float, ended: float) -> bool:
+        """Record a light job that succeeded (see :class:`Job`): kept as a seal, and with a
+        backend saved to history from a record built once, in its final state. False (the
+        executor records it the usual way) if a listener waits for its record or its
+        arguments are not plain values."""
+        if self.store.has_subscribers:
+            return False
+        seal = seal_of(job, started, ended)
+        if seal is None:
+            return False
+        job.sealed = seal
+        job.stage = Stage.DONE
+        job.context = None
+        job.args, job.kwargs = (), _NO_KWARGS
+        assert self._dispatcher is not None
+        self._dispatcher.finished(job)
+        self.store.seal(job, seal)
+        if self._flusher is not None:  # (a light job has no row in the pending store)
+            self._flusher.add(unseal(seal), pending=False)
+        if job.done is not None:
+            job.done.set()
+        if self._leases is not None and self._leases.backlog:
+            self._leases.poke()
+        return True
 
     def _prepare(
         self,
@@ -541,16 +604,14 @@ class TaskManager:
         )
         if created_at is not None:
             record.__dict__["created_at"] = created_at
-        job = Job(
-            task_id=record.task_id,
-            record=record,
-            config=config,
-            args=args,
-            kwargs=kwargs,
-            context=context if context is not None else contextvars.copy_context(),
-            args_stored=exact,
+        return Job(
+            record.task_id,
+            record,
+            config,
+            args,
+            kwargs,
+            context if context is not None else contextvars.copy_context(),
         )
-        return job
 
     def duplicate_of(
         self, idempotency_key: str | None, func: Callable[..., Any] | None = None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -214,6 +215,82 @@ def new_attempt(number: int, start_time: datetime) -> Attempt:
     return adopt(Attempt, values)
 
 
+# ----------------------------------------------------------------------- sealed records
+#
+# A task that succeeded on its first attempt without anyone looking at its record while it
+# ran is kept in memory as a "seal": one tuple of plain values instead of a TaskRecord (and
+# its dict, lists and Attempt). All of its items are atoms or tuples of atoms, so CPython's
+# collector stops tracking it at its first pass: 10,000 completed records then cost the
+# collector nothing, and evicting one frees a few objects instead of twenty. Times are
+# ``time.time()`` floats, turned into datetimes only when the record is read.
+#
+# (task_id, func_name, created, started, ended, args, kwarg names, kwarg values, queue,
+#  priority, instance_id, source)
+Seal = tuple[
+    str, str, float, float, float, tuple[Any, ...], tuple[str, ...], tuple[Any, ...], str,
+    "int | None", "str | None", str,
+]  # fmt: skip
+
+_stamp = datetime.fromtimestamp
+
+
+def stamp(seconds: float) -> datetime:
+    """A ``time.time()`` value as a timezone-aware UTC datetime."""
+    return _stamp(seconds, UTC)
+
+
+def unseal(seal: Seal) -> TaskRecord:
+    """The full record of a sealed task (a new object on every call)."""
+    task_id, name, created, started, ended, args, names, values, queue, priority, iid, source = seal
+    start, end = _stamp(started, UTC), _stamp(ended, UTC)
+    record = new_record(
+        task_id, name, list(args), dict(zip(names, values, strict=True)), _stamp(created, UTC),
+        {}, None, source, priority, queue, iid,
+    )  # fmt: skip
+    fields = record.__dict__
+    fields["status"] = TaskStatus.SUCCESS
+    fields["start_time"] = start
+    fields["end_time"] = fields["updated_at"] = end
+    fields["duration"] = (end - start).total_seconds()
+    attempt = new_attempt(1, start)
+    attempt.__dict__["end_time"] = end
+    fields["attempts"].append(attempt)
+    return record
+
+
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
+
+
+class SealedRecord:
+    """What a history query reads of a sealed record (to filter, order and aggregate),
+    without building it; :meth:`record` builds it."""
+
+    __slots__ = ("_seal", "created_at", "func_name", "queue", "task_id")
+
+    status = TaskStatus.SUCCESS
+    error: str | None = None
+    tags = _NO_TAGS
+
+    def __init__(self, seal: Seal) -> None:
+        self._seal = seal
+        self.task_id = seal[0]
+        self.func_name = seal[1]
+        self.created_at = _stamp(seal[2], UTC)
+        self.queue = seal[8]
+
+    @property
+    def duration(self) -> float | None:
+        seal = self._seal  # (as the full record computes it, from the rounded datetimes)
+        return (_stamp(seal[4], UTC) - _stamp(seal[3], UTC)).total_seconds()
+
+    def record(self) -> TaskRecord:
+        return unseal(self._seal)
+
+
+def full_record(record: TaskRecord | SealedRecord) -> TaskRecord:
+    return record.record() if isinstance(record, SealedRecord) else record
+
+
 class TaskPage(BaseModel):
     """One page of a history query, newest first.
 
@@ -288,7 +365,7 @@ class TaskFilter:
     until: datetime | None = None
     text: str | None = None
 
-    def matches(self, record: TaskRecord) -> bool:
+    def matches(self, record: TaskRecord | SealedRecord) -> bool:
         """Whether ``record`` passes this filter (used by in-memory stores)."""
         if self.statuses and record.status not in self.statuses:
             return False

@@ -6,11 +6,22 @@ import statistics
 from collections.abc import Iterable, Sequence
 
 from . import _cursor
-from ._models import FunctionStats, TaskFilter, TaskPage, TaskRecord, TaskStatus
+from ._models import (
+    FunctionStats,
+    SealedRecord,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    full_record,
+)
 
 
 def page_of(
-    records: Iterable[TaskRecord], filter: TaskFilter, limit: int, cursor: str | None
+    records: Iterable[TaskRecord | SealedRecord],
+    filter: TaskFilter,
+    limit: int,
+    cursor: str | None,
 ) -> TaskPage:
     """Filter, order newest first and cut one page out of ``records`` (in memory)."""
     after = _cursor.decode(cursor) if cursor else None
@@ -18,7 +29,7 @@ def page_of(
         r for r in records if filter.matches(r) and (after is None or _cursor.sort_key(r) < after)
     ]
     matching.sort(key=_cursor.sort_key, reverse=True)
-    items = matching[:limit]
+    items = [full_record(r) for r in matching[:limit]]
     more = len(matching) > limit
     return TaskPage(items=items, next_cursor=_cursor.encode(items[-1]) if more and items else None)
 
@@ -34,9 +45,9 @@ def _percentile(values: Sequence[float], fraction: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (position - low)
 
 
-def stats_of(records: Iterable[TaskRecord]) -> list[FunctionStats]:
+def stats_of(records: Iterable[TaskRecord | SealedRecord]) -> list[FunctionStats]:
     """Per-function aggregates computed in memory."""
-    groups: dict[str, list[TaskRecord]] = {}
+    groups: dict[str, list[TaskRecord | SealedRecord]] = {}
     for record in records:
         groups.setdefault(record.func_name, []).append(record)
     result = []
