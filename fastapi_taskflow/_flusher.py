@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from ._gate import Gate
 from ._job import Job
-from ._models import TaskRecord, TaskStatus
+from ._models import Finished, Seal, TaskRecord, TaskStatus, finished_id
 from .backends.base import Coordinator, SnapshotBackend
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -53,7 +53,7 @@ class CycleWriter(Protocol):
         lease_s: float,
         key_ttl_s: float,
         running: Sequence[TaskRecord],
-        finished: Sequence[TaskRecord],
+        finished: Sequence[Finished],
         finished_pending: Collection[str] | None = None,
     ) -> list[str]: ...
 
@@ -129,11 +129,13 @@ class Flusher:
         self._interval = interval
         self._batch_size = batch_size
         self._max_buffer = max_buffer
-        self._dirty: dict[str, TaskRecord] = {}
+        # Finished records to save; a light task's as its seal, made a record when written
+        # (so that what waits here is one object the garbage collector does not track).
+        self._dirty: dict[str, Finished] = {}
         # Buffered records known to have no row in the pending store (never written
         # ahead or adopted): their history write skips the pending-store delete.
         self._no_pending: set[str] = set()
-        self._saving: dict[str, TaskRecord] = {}  # the batch being written, until committed
+        self._saving: dict[str, Finished] = {}  # the batch being written, till committed
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -164,18 +166,31 @@ class Flusher:
         else:
             self._no_pending.add(record.task_id)
         if len(self._dirty) > self._max_buffer:
-            oldest = next(iter(self._dirty))
-            del self._dirty[oldest]
-            self._no_pending.discard(oldest)
-            self.dropped += 1
-            logger.warning(
-                "fastapi-taskflow: the write buffer is full (%d records); dropped the oldest "
-                "unsaved record %s. Raise max_buffer or check the backend.",
-                self._max_buffer,
-                oldest,
-            )
+            self._drop_oldest()
         if record.status in _URGENT:
             self._wake.set()
+
+    def add_sealed(self, seal: Seal) -> None:
+        """:meth:`add` for a light task that succeeded (a new id, never in the pending
+        store), kept as its seal until it is written."""
+        task_id = seal[0]
+        self._dirty[task_id] = seal
+        self._no_pending.add(task_id)
+        if len(self._dirty) > self._max_buffer:
+            self._drop_oldest()
+        self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        oldest = next(iter(self._dirty))
+        del self._dirty[oldest]
+        self._no_pending.discard(oldest)
+        self.dropped += 1
+        logger.warning(
+            "fastapi-taskflow: the write buffer is full (%d records); dropped the oldest "
+            "unsaved record %s. Raise max_buffer or check the backend.",
+            self._max_buffer,
+            oldest,
+        )
 
     def accept(self, job: Job) -> asyncio.Future[bool]:
         """Queue ``job`` for the pending store; the future says whether it was added (False:
@@ -223,13 +238,13 @@ class Flusher:
     def backlog(self) -> int:
         return len(self._dirty)
 
-    def unsaved(self) -> Mapping[str, TaskRecord]:
+    def unsaved(self) -> Mapping[str, Finished]:
         """Records not committed to the backend yet: buffered or in a write in flight
         (a live view, not a copy)."""
         return ChainMap(self._dirty, self._saving)
 
     @contextlib.asynccontextmanager
-    async def withdrawn(self, task_id: str) -> AsyncIterator[TaskRecord | None]:
+    async def withdrawn(self, task_id: str) -> AsyncIterator[Finished | None]:
         """Take ``task_id`` out of the buffer once no write is in flight, and hold writes
         off while the caller deletes it from the backend; yields the unsaved record, if any.
 
@@ -387,33 +402,35 @@ class Flusher:
         self._settle_started(starting)
         return len(finished)
 
-    def _pending_of(self, records: Sequence[TaskRecord]) -> set[str]:
+    def _pending_of(self, records: Sequence[Finished]) -> set[str]:
         """The ids among ``records`` that may have a row in the pending store."""
         no_pending = self._no_pending
-        return {r.task_id for r in records if r.task_id not in no_pending}
+        ids = (finished_id(r) for r in records)
+        return {task_id for task_id in ids if task_id not in no_pending}
 
     @contextlib.contextmanager
-    def _writing(self, records: list[TaskRecord]) -> Iterator[None]:
+    def _writing(self, records: list[Finished]) -> Iterator[None]:
         """Move ``records`` from the buffer to the write in flight for the body; put them
         back if it fails (unless a newer copy arrived), forget their hints if it succeeds."""
-        for record in records:
-            del self._dirty[record.task_id]
-            self._saving[record.task_id] = record
+        ids = [finished_id(record) for record in records]
+        dirty, saving = self._dirty, self._saving
+        for task_id, record in zip(ids, records, strict=True):
+            del dirty[task_id]
+            saving[task_id] = record
         try:
             yield
         except BaseException:
-            for record in records:
-                self._dirty.setdefault(record.task_id, record)
+            for task_id, record in zip(ids, records, strict=True):
+                dirty.setdefault(task_id, record)
             raise
         finally:
-            saving = self._saving  # (only these: a write beside the cycle has its own)
-            for record in records:
-                saving.pop(record.task_id, None)
+            for task_id in ids:  # (only these: a write beside the cycle has its own)
+                saving.pop(task_id, None)
         if self._no_pending:
-            dirty, no_pending = self._dirty, self._no_pending
-            for record in records:
-                if record.task_id not in dirty:  # (a newer copy keeps its own hint)
-                    no_pending.discard(record.task_id)
+            no_pending = self._no_pending
+            for task_id in ids:
+                if task_id not in dirty:  # (a newer copy keeps its own hint)
+                    no_pending.discard(task_id)
 
     async def flush(self) -> int:
         """Write every buffered record now; returns how many were written."""
@@ -491,7 +508,7 @@ class Flusher:
         written = 0
         while self._dirty and (limit is None or written < limit):
             size = self._batch_size if limit is None else min(self._batch_size, limit - written)
-            batch = list(self._dirty.values())[:size]
+            batch = list(itertools.islice(self._dirty.values(), size))
             with self._writing(batch):
                 await self._backend._save_history(batch, self._pending_of(batch))
             written += len(batch)

@@ -41,7 +41,6 @@ from ._models import (
     TaskStatus,
     new_record,
     new_task_id,
-    unseal,
     utcnow,
 )
 from ._registry import DEFAULT_QUEUE, Registry, TaskConfig, is_async_callable
@@ -541,8 +540,8 @@ class TaskManager:
         assert self._dispatcher is not None
         self._dispatcher.finished(job)
         self.store.seal(job, seal)
-        if self._flusher is not None:  # (a light job has no row in the pending store)
-            self._flusher.add(unseal(seal), pending=False)
+        if self._flusher is not None:
+            self._flusher.add_sealed(seal)
         if job.done is not None:
             job.done.set()
         if self._leases is not None and self._leases.backlog:
@@ -1055,6 +1054,10 @@ class TaskManager:
 
         Bound it with ``asyncio.timeout(...)`` if needed.
         """
+        if self._flusher is None:  # (with no backend, nothing else can have deleted it)
+            sealed = self.store.sealed_record(task_id)
+            if sealed is not None:  # finished (read without making it a job again)
+                return sealed
         job = await self._visible_job(task_id)  # not a copy of a task deleted elsewhere
         if job is None:
             record = await self.history.get(task_id)

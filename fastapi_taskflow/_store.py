@@ -70,6 +70,11 @@ class TaskStore:
             return None
         return unseal(entry) if isinstance(entry, tuple) else entry.record
 
+    def sealed_record(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id`` if it is sealed (built for this caller alone)."""
+        entry = self._jobs.get(task_id)
+        return unseal(entry) if isinstance(entry, tuple) else None
+
     def records(self) -> list[TaskRecord | SealedRecord]:
         """Every record held here; a sealed one as a :class:`SealedRecord` view."""
         return [

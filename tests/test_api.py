@@ -11,7 +11,7 @@ import pytest
 from _helpers import finished, serve
 from fastapi import BackgroundTasks, FastAPI
 
-from fastapi_taskflow import TaskAdmin, TaskManager, TaskStatus
+from fastapi_taskflow import TaskAdmin, TaskManager, TaskStatus, get_task_context
 
 
 def build(**manager_kwargs: object) -> tuple[FastAPI, TaskManager]:
@@ -107,6 +107,89 @@ async def test_metrics_and_functions() -> None:
     by_name = {s["func_name"].rsplit(".", 1)[-1]: s for s in stats}
     assert by_name["fine"]["total"] == 3 and by_name["fine"]["success_rate"] == 1.0
     assert by_name["broken"]["failed"] == 1
+
+
+async def test_plain_tasks_kept_compactly_are_listed_filtered_and_shown_like_others() -> None:
+    """A task added with no options that succeeds at once is kept in a compact form, its
+    record built only when read: the API lists, filters, pages, counts and shows it as it
+    does a task whose record was built in full."""
+    app, tm = build()
+
+    @tm.task(name="work")
+    async def work(n: int, label: str = "") -> None:
+        if label == "peek":
+            get_task_context()  # reads its own record while it runs: kept in full
+
+    @app.post("/add")
+    async def add(n: int, background_tasks: BackgroundTasks) -> dict[str, str]:
+        return {
+            "plain": background_tasks.add_task(work, n, label='ü"\n'),
+            "peek": background_tasks.add_task(work, n, label="peek"),
+            "tagged": background_tasks.add_task(work, n, tags={"kind": "tagged"}),
+        }
+
+    async with serve(app) as client:
+        added = [(await client.post("/add", params={"n": n})).json() for n in range(3)]
+        every = {task_id for ids in added for task_id in ids.values()}
+        for task_id in every:
+            await finished(tm, task_id)
+        plain = [ids["plain"] for ids in added]
+        # (what this test is about: the plain ones are held compactly, the others are not)
+        assert all(isinstance(tm.store._jobs[i], tuple) for i in plain)
+        assert not any(isinstance(tm.store._jobs[ids["peek"]], tuple) for ids in added)
+
+        shown = (await client.get(f"/tasks/{plain[2]}")).json()
+        peeked = (await client.get(f"/tasks/{added[2]['peek']}")).json()
+        for record, label in ((shown, 'ü"\n'), (peeked, "peek")):
+            assert record["status"] == "success" and record["func_name"] == "work"
+            assert record["args"] == [2] and record["kwargs"] == {"label": label}
+            assert record["retries_used"] == 0 and record["logs"] == [] and record["tags"] == {}
+            assert record["source"] == "request" and record["queue"] == "default"
+            assert record["error"] is None and record["updated_at"] == record["end_time"]
+            [attempt] = record["attempts"]
+            assert attempt == {
+                "number": 1,
+                "start_time": record["start_time"],
+                "end_time": record["end_time"],
+                "error": None,
+            }
+            created, start, end = (
+                datetime.fromisoformat(record[k]) for k in ("created_at", "start_time", "end_time")
+            )
+            assert created <= start <= end and start.tzinfo is not None
+            assert record["duration"] == (end - start).total_seconds()
+        assert set(shown) == set(peeked)
+
+        listed = (await client.get("/tasks", params={"limit": 100})).json()["items"]
+        assert {t["task_id"] for t in listed} == every and len(listed) == 9
+        stamps = [(datetime.fromisoformat(t["created_at"]), t["task_id"]) for t in listed]
+        assert stamps == sorted(stamps, reverse=True)  # newest first, compact or not
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"limit": 2, "status": "success"}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await client.get("/tasks", params=params)).json()
+            seen += [t["task_id"] for t in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert seen == [t["task_id"] for t in listed]
+        tagged = (await client.get("/tasks", params={"tag": "kind:tagged"})).json()["items"]
+        assert {t["task_id"] for t in tagged} == {ids["tagged"] for ids in added}
+        found = (await client.get("/tasks", params={"q": plain[1]})).json()["items"]
+        assert [t["task_id"] for t in found] == [plain[1]]
+        future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        assert (await client.get("/tasks", params={"since": future})).json()["items"] == []
+        until = (await client.get("/tasks", params={"until": future})).json()["items"]
+        assert len(until) == 9
+        metrics = (await client.get("/tasks/metrics")).json()
+        assert metrics["total"] == 9 and metrics["by_status"]["success"] == 9
+        [stats] = (await client.get("/tasks/stats")).json()["functions"]
+        assert stats["total"] == stats["success"] == 9 and stats["duration_p50"] is not None
+        assert (await client.post(f"/tasks/{plain[0]}/cancel")).status_code == 409
+        assert (await client.post(f"/tasks/{plain[0]}/retry")).status_code == 409
+        assert (await client.get(f"/tasks/{plain[0]}")).json()["status"] == "success"
 
 
 @pytest.mark.parametrize("replace", [True, False])

@@ -124,6 +124,51 @@ async def test_history_survives_a_restart_with_every_field(make_backend: Backend
         assert [r.task_id for r in page] == [bad]
 
 
+async def test_plain_tasks_saved_compactly_read_back_with_every_field(
+    make_backend: BackendFactory,
+) -> None:
+    """A task added with no options that succeeds at once is never built as a full record
+    in memory: it is kept compactly and written to history from that form. What history
+    gives back after a restart is what memory showed, field for field."""
+    first = manager(make_backend)
+
+    @first.task(name="mail.send")
+    async def send(to: str, n: int, urgent: bool = False, note: None = None) -> None:
+        return None
+
+    async with first:
+        ids = [
+            await first.enqueue(send, "a@example.com", 1, True),
+            await first.enqueue(send, to='ü"\n\u2028', n=-2, note=None),
+        ]
+        # (what this test is about: they end held compactly, never built as full records;
+        # reading one while it runs would build it)
+        await wait_for(lambda: all(isinstance(first.store._jobs.get(i), tuple) for i in ids))
+        in_memory = [first.store.record(i) for i in ids]
+
+    second = manager(make_backend)
+    async with second:
+        for task_id, before in zip(ids, in_memory, strict=True):
+            after = await second.history.get(task_id)
+            assert before is not None and after is not None
+            assert after.model_dump() == before.model_dump()
+            assert after.status is TaskStatus.SUCCESS and after.source == "enqueue"
+            assert after.created_at <= after.start_time <= after.end_time  # type: ignore[operator]
+            [attempt] = after.attempts
+            assert (attempt.number, attempt.start_time, attempt.end_time) == (
+                1,
+                after.start_time,
+                after.end_time,
+            )
+        loaded = [await second.history.get(i) for i in ids]
+        assert [r.args for r in loaded if r] == [["a@example.com", 1, True], []]
+        assert [r.kwargs for r in loaded if r] == [{}, {"to": 'ü"\n\u2028', "n": -2, "note": None}]
+        page = await second.history.query(func_name="mail.send", status="success")
+        assert {r.task_id for r in page} == set(ids)
+        [stats] = await second.history.stats(func_name="mail.send")
+        assert stats.total == stats.success == 2
+
+
 async def test_success_and_failure_are_flushed_at_once_in_shared_batches(
     make_backend: BackendFactory,
 ) -> None:

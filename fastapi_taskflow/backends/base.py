@@ -11,7 +11,7 @@ import abc
 from collections.abc import Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .._models import FunctionStats, TaskFilter, TaskPage, TaskRecord
+from .._models import Finished, FunctionStats, TaskFilter, TaskPage, TaskRecord, unseal
 
 
 @runtime_checkable
@@ -124,6 +124,12 @@ class Coordinator(Protocol):
         ...
 
 
+def copies(records: Sequence[Finished]) -> list[TaskRecord]:
+    """Records of their own for what the flusher buffered (for a ``save`` that may await
+    before it reads them)."""
+    return [unseal(r) if isinstance(r, tuple) else r.model_copy() for r in records]
+
+
 class SnapshotBackend(abc.ABC):
     """Where task history and unfinished work are stored.
 
@@ -135,15 +141,17 @@ class SnapshotBackend(abc.ABC):
     async def save(self, records: list[TaskRecord]) -> int:
         """Upsert completed records into history; return how many were written."""
 
-    async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
+    async def _save_history(self, records: list[Finished], pending_ids: Collection[str]) -> int:
         """How the flusher saves: :meth:`save`, told which records may have a row in the
         pending store (the others were never written ahead or adopted).
 
-        ``records`` are the live ones. This default gives :meth:`save` copies, since it may
+        ``records`` are the live ones, and a light task's seal stands for its record. This
+        default gives :meth:`save` copies (records built from the seals), since it may
         await before reading them and a task retried meanwhile would change what is
-        written; the built-in backends, whose ``save`` reads at once, skip the copy and use
-        the hint (unless their ``save`` is overridden, which then sees every write)."""
-        return await self.save([record.model_copy() for record in records])
+        written; the built-in backends, whose ``save`` reads at once, skip the copy, write
+        seals as they are and use the hint (unless their ``save`` is overridden, which then
+        sees every write)."""
+        return await self.save(copies(records))
 
     def _history_beside_write_ahead(self) -> bool:
         """Whether history writes may run while a write-ahead transaction is in flight (on

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 
 from ... import _cursor
 from ..._errors import BackendError, ConfigurationError, MissingDriverError, NotStartedError
-from ..._models import TaskRecord, TaskStatus
+from ..._models import Finished, TaskRecord, TaskStatus, finished_id, seal_document, stamp
 from ..base import SnapshotBackend
 from ._common import (
     CHUNK,
@@ -169,17 +169,18 @@ class RedisBackend(SnapshotBackend):
         # History goes through a connection of its own (see _raw), write-ahead through the pool.
         return True
 
-    async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
+    async def _save_history(self, records: list[Finished], pending_ids: Collection[str]) -> int:
         if not self._save_is_native(RedisBackend):
             return await super()._save_history(records, pending_ids)
         return await self._save_records(records, pending_ids)
 
     async def _save_records(
-        self, records: list[TaskRecord], pending_ids: Collection[str] | None
+        self, records: Sequence[Finished], pending_ids: Collection[str] | None
     ) -> int:
         """:meth:`save`; only ``pending_ids`` (all when ``None``) may be in the pending store.
-        Every record is read before the first await (the flusher passes live records)."""
-        latest = list({r.task_id: r for r in records}.values())
+        Every record is read before the first await (the flusher passes live records, and
+        a light task's seal, written as it is)."""
+        latest = list({finished_id(r): r for r in records}.values())
         writes = [self._transaction(part, pending_ids) for part in chunks(latest, TX_RECORDS)]
         for write in writes:
             await write()
@@ -188,15 +189,25 @@ class RedisBackend(SnapshotBackend):
         return len(records)
 
     def _transaction(
-        self, records: Sequence[TaskRecord], pending_ids: Collection[str] | None
+        self, entries: Sequence[Finished], pending_ids: Collection[str] | None
     ) -> Callable[[], Awaitable[None]]:
-        """The MULTI/EXEC transaction that saves ``records`` (read now, written when
+        """The MULTI/EXEC transaction that saves ``entries`` (read now, written when
         awaited)."""
         keys = self._keys
         payloads: list[bytes] = []
         shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
         succeeded: list[bytes] = []  # keyed tasks that succeeded: end_time, id pairs
         dump = _RECORD.dump_json
+        records: list[TaskRecord] = []
+        for seal in entries:
+            if not isinstance(seal, tuple):
+                records.append(seal)
+                continue
+            # A light task's seal: a success, with no tags or key, never in the pending store.
+            sealed_id = seal[0]
+            payloads += (keys.record(sealed_id).encode(), seal_document(seal).encode())
+            pair = (str(micros(stamp(seal[2]))).encode(), sealed_id.encode())
+            shapes[(TaskStatus.SUCCESS.value, seal[1], seal[8], ())] += pair
         for record in records:
             task_id = record.task_id.encode()
             payloads += (keys.record(record.task_id).encode(), dump(record))

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._errors import ConfigurationError, NotStartedError
-from ..._models import TaskRecord
+from ..._models import Finished, Seal, TaskRecord, finished_id
 from ..base import SnapshotBackend
 from .bulk import BulkStatement, JsonInsert, JsonTableInsert, has_json_table
 from .coordinator import SqlCoordinator
@@ -27,6 +27,8 @@ from .records import (
     history_values,
     latest_by_id,
     pending_rows,
+    sealed_documents,
+    sealed_values,
     tag_values,
 )
 from .repository import SqlHistoryRepository
@@ -156,7 +158,7 @@ class SqlBackend(SnapshotBackend):
         return await self._write_history(records, None)
 
     async def _write_history(
-        self, records: list[TaskRecord], pending_ids: Collection[str] | None
+        self, records: Sequence[Finished], pending_ids: Collection[str] | None
     ) -> int:
         if not records:
             return 0
@@ -177,31 +179,34 @@ class SqlBackend(SnapshotBackend):
     def _own_save(self) -> bool:
         return self._save_is_native(SqlBackend)
 
-    async def _save_history(self, records: list[TaskRecord], pending_ids: Collection[str]) -> int:
+    async def _save_history(self, records: list[Finished], pending_ids: Collection[str]) -> int:
         if not self._own_save():
             return await super()._save_history(records, pending_ids)
         return await self._write_history(records, pending_ids)
 
     def _save_work(
-        self, records: Sequence[TaskRecord], pending_ids: Collection[str] | None = None
+        self, records: Sequence[Finished], pending_ids: Collection[str] | None = None
     ) -> tuple[int, Work[None]]:
         """How many records :meth:`save` writes, and its unit of work (records read now).
 
         A terminal record completes its task in the pending store; ``pending_ids`` (all of
-        them when ``None``) are the records that may have a row there to delete."""
+        them when ``None``) are the records that may have a row there to delete. A light
+        task's seal is written as it is, without building its record (it has no tags)."""
         engine = self.engine
         bulk = self._bulk
         assert bulk is not None
         batch = latest_by_id(records)
-        ids = [r.task_id for r in batch]
+        ids = [finished_id(r) for r in batch]
         dialect = engine.dialect.name
+        full = [r for r in batch if not isinstance(r, tuple)]
+        seals = [r for r in batch if isinstance(r, tuple)]
 
-        write_history = bulk.history_writer(batch)
-        write_tags = bulk.tags_writer(batch)
+        write_history = bulk.history_writer(full, seals)
+        write_tags = bulk.tags_writer(full)
 
         # A task's tags are fixed when it is added (a retry keeps them), so only the tag
         # rows of tagged records can need replacing; an untagged record never had any.
-        tagged = [r.task_id for r in batch if r.tags]
+        tagged = [r.task_id for r in full if r.tags]
         pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
 
         async def work(conn: AsyncConnection) -> None:
@@ -305,11 +310,13 @@ class _BulkWriters:
             self._history = JsonTableInsert(history, HISTORY_COLUMNS, self._history, update=True)
             self._tags = JsonTableInsert(history_tags, TAG_COLUMNS, self._tags, update=False)
 
-    def history_writer(self, batch: Sequence[TaskRecord]) -> Work[None]:
-        """The write of ``batch`` (one record per id) into history; records read now."""
+    def history_writer(self, batch: Sequence[TaskRecord], seals: Sequence[Seal] = ()) -> Work[None]:
+        """The write of ``batch`` and ``seals`` (one per id) into history; read now."""
         if self._json_history is not None:
-            return functools.partial(self._json_history.execute, documents=history_documents(batch))
-        return self._history.writer(history_values(batch, self.timestamps))
+            documents = history_documents(batch) + sealed_documents(seals)
+            return functools.partial(self._json_history.execute, documents=documents)
+        values = history_values(batch, self.timestamps) + sealed_values(seals, self.timestamps)
+        return self._history.writer(values)
 
     def tags_writer(self, batch: Sequence[TaskRecord]) -> Work[None] | None:
         """The insert of the tag rows of ``batch`` (None without tags); records read now."""

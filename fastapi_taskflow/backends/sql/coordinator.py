@@ -20,8 +20,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..._errors import ConfigurationError
-from ..._models import TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
+from ..._models import Finished, TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
 from ..._query import page_of
+from ..base import copies
 from .bulk import joined_updates, literal_statements
 from .dialect import in_ids, is_mysql
 from .pending_writes import PendingWrites
@@ -133,7 +134,7 @@ class SqlCoordinator:
         lease_s: float,
         key_ttl_s: float,
         running: Sequence[TaskRecord],
-        finished: Sequence[TaskRecord],
+        finished: Sequence[Finished],
         finished_pending: Collection[str] | None = None,
     ) -> list[str]:
         """One flush cycle in one transaction: :meth:`accept` ``accepted`` (returning the
@@ -147,7 +148,7 @@ class SqlCoordinator:
         if finished and not self._backend._own_save():
             # save() is overridden: history goes through it, after this transaction
             # (copied now: the records are read before this returns control).
-            later = [r.model_copy() for r in finished]
+            later = copies(finished)
             finished, finished_pending = (), None
         fast = self._fast(self._backend.engine.dialect)
         work: Work[list[str]] | None = None

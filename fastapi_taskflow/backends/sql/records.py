@@ -5,11 +5,22 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Json, TypeAdapter
 
-from ..._models import TaskRecord, TaskStatus
+from ..._models import (
+    Finished,
+    Seal,
+    TaskRecord,
+    TaskStatus,
+    attempts_json,
+    finished_id,
+    seal_args_json,
+    seal_document,
+    stamp,
+    stamp_text,
+)
 from .bulk import JSON_BATCH, json_documents
 from .tables import TAG_KEY_LENGTH, TAG_VALUE_LENGTH
 
@@ -17,12 +28,13 @@ _TIMESTAMPS = ("created_at", "start_time", "end_time", "updated_at")
 _ZERO = timedelta(0)
 
 Row = dict[str, Any]
+F = TypeVar("F", bound=Finished)
 BulkEncoder = Callable[[list[Any]], list[Any]]
 
 
-def latest_by_id(records: Iterable[TaskRecord]) -> list[TaskRecord]:
+def latest_by_id(records: Iterable[F]) -> list[F]:
     """One record per task id, the last one given winning (order otherwise kept)."""
-    by_id = {record.task_id: record for record in records}
+    by_id = {finished_id(record): record for record in records}
     return list(by_id.values())
 
 
@@ -115,6 +127,50 @@ def history_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[t
             updated_at,
         ) in columns
     ]
+
+
+def sealed_documents(seals: Sequence[Seal]) -> list[str]:
+    """:func:`history_documents` for light tasks' seals, written as they are."""
+    documents = [seal_document(seal) for seal in seals]
+    return [
+        document.decode()
+        for start in range(0, len(documents), JSON_BATCH)
+        for _, document in json_documents(
+            documents[start : start + JSON_BATCH], _joined, MAX_JSON_BYTES
+        )
+    ]
+
+
+def _joined(documents: list[str]) -> bytes:
+    return f"[{','.join(documents)}]".encode()
+
+
+def sealed_values(seals: Sequence[Seal], stamps: BulkEncoder) -> list[tuple[Any, ...]]:
+    """:func:`history_values` for light tasks' seals, written as they are."""
+    created = [stamp(seal[2]) for seal in seals]
+    started = [stamp_text(seal[3]) for seal in seals]
+    ended = [stamp_text(seal[4]) for seal in seals]
+    columns = zip(
+        seals,
+        started,
+        ended,
+        stamps(created),
+        stamps([moment for moment, _ in started]),
+        stamps([moment for moment, _ in ended]),
+        strict=True,
+    )
+    rows = []
+    for seal, (start, start_text), (end, end_text), created_at, start_time, end_time in columns:
+        task_id, func_name, _, _, _, _, _, _, queue, priority, instance_id, source = seal
+        args, kwargs = seal_args_json(seal)
+        attempts = attempts_json(start_text, end_text)
+        duration = (end - start).total_seconds()
+        rows.append(
+            (task_id, func_name, "success", args, kwargs, created_at, start_time, end_time,
+             duration, 0, None, None, "[]", attempts, "{}", None, source, priority, queue,
+             None, instance_id, end_time)
+        )  # fmt: skip
+    return rows
 
 
 HISTORY_COLUMNS = (
