@@ -315,8 +315,10 @@ class Dispatcher:
         if self.running.get(job.task_id) is not job:
             return
         del self.running[job.task_id]
-        self._lanes[job.queue].running -= 1
-        self._fill()
+        lane = self._lanes[job.queue]
+        lane.running -= 1
+        if lane.fifo or lane.heap or len(self._lanes_list) > 1:  # (else none waits)
+            self._fill()
 
     def take_waiting(self) -> list[Job]:
         """Remove and return every job that has not started (for shutdown)."""
