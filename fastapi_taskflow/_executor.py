@@ -84,6 +84,7 @@ class Executor:
         if config.timeout is not None or not config.is_async or job.leased:
             return self.run(job)
         light = job.light
+        start: datetime | None = None  # (a light job keeps its start in job.started)
         if light:
             started = job.started = _time()
             number = 1
@@ -103,26 +104,24 @@ class Executor:
             reset_task_context(token)
             if light and job.light and self._on_light_success(job, started, _time()):
                 return None
-            if not light:
-                job.record.attempts.append(new_attempt(number, start))
-            # (a light job whose record was read while it ran got its attempt then)
+            self._record_begun(job, number, start)
             self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
             return None
         except BaseException as exc:  # (run() treats it as if raised there)
-            if not light:
-                self._begin_attempt(job, number, start)
-            job.record  # noqa: B018  (a light job's record: running, its attempt begun)
+            self._record_begun(job, number, start)
             return self.run(job, _Begun(token, error=exc))
-        if not light:
-            self._begin_attempt(job, number, start)
-        job.record  # noqa: B018
+        self._record_begun(job, number, start)
         return self.run(job, _Begun(token, inner, yielded))
 
     @staticmethod
-    def _begin_attempt(job: Job, number: int, start: datetime) -> None:
+    def _record_begun(job: Job, number: int, start: datetime | None) -> None:
+        """Show the attempt that :meth:`start` began as running. A light job's record is
+        built here unless it was read already; either way it shows the attempt from
+        ``job.started``. (``start`` is given for the other jobs only.)"""
         record = job.record
-        record.attempts.append(new_attempt(number, start))
-        record.__dict__["updated_at"] = start
+        if start is not None:
+            record.attempts.append(new_attempt(number, start))
+            record.__dict__["updated_at"] = start
 
     async def run(self, job: Job, begun: _Begun | None = None) -> None:
         """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted.

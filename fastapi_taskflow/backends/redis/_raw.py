@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (imported lazily: the package imports without redis installed)
@@ -24,7 +25,18 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 def command(*args: bytes) -> bytes:
     """One command in the Redis protocol (RESP), its arguments already bytes."""
-    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
+    return b"*%d\r\n" % len(args) + packed(args)
+
+
+def packed(args: Sequence[bytes]) -> bytes:
+    """Arguments in the Redis protocol, without the count that starts a command: a part
+    packed once for several commands (see :func:`command_of`)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
+
+
+def command_of(count: int, *parts: bytes) -> bytes:
+    """A command of ``count`` arguments from parts made by :func:`packed`."""
+    return b"*%d\r\n" % count + b"".join(parts)
 
 
 class RawTransactions:

@@ -27,7 +27,7 @@ from ._common import (
     parse,
 )
 from ._keys import Keys, Shape, shape
-from ._raw import RawTransactions, command
+from ._raw import RawTransactions, command, command_of, packed
 from .coordinator import RedisCoordinator
 from .repository import RedisHistoryRepository
 from .scripts import UNINDEX, UNPEND, Scripts
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 __all__ = ["RedisBackend"]
+
+
+_SUCCESS = TaskStatus.SUCCESS.value
 
 
 class RedisBackend(SnapshotBackend):
@@ -196,18 +199,21 @@ class RedisBackend(SnapshotBackend):
         keys = self._keys
         payloads: list[bytes] = []
         shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
+        new: dict[Shape, list[bytes]] = defaultdict(list)  # the same, of tasks never saved
         succeeded: list[bytes] = []  # keyed tasks that succeeded: end_time, id pairs
         dump = _RECORD.dump_json
         records: list[TaskRecord] = []
+        record_key = keys.record("")
         for seal in entries:
             if not isinstance(seal, tuple):
                 records.append(seal)
                 continue
-            # A light task's seal: a success, with no tags or key, never in the pending store.
+            # A light task's seal: a success, with no tags or key, never in the pending store
+            # and saved once (its id is new: no index holds it under another status).
             sealed_id = seal[0]
-            payloads += (keys.record(sealed_id).encode(), seal_document(seal).encode())
-            pair = (str(micros(stamp(seal[2]))).encode(), sealed_id.encode())
-            shapes[(TaskStatus.SUCCESS.value, seal[1], seal[8], ())] += pair
+            payloads += (f"{record_key}{sealed_id}".encode(), seal_document(seal).encode())
+            pair = (b"%d" % micros(stamp(seal[2])), sealed_id.encode())
+            new[(_SUCCESS, seal[1], seal[8], ())] += pair
         for record in records:
             task_id = record.task_id.encode()
             payloads += (keys.record(record.task_id).encode(), dump(record))
@@ -216,19 +222,29 @@ class RedisBackend(SnapshotBackend):
             if record.idempotency_key is not None and record.status == TaskStatus.SUCCESS:
                 finished = micros(record.end_time or record.created_at)
                 succeeded += (str(finished).encode(), task_id)
+        # Each index set gets the score-member pairs of every shape it covers, packed once
+        # per shape (a record is in five or more sets).
         adds: dict[str, list[bytes]] = defaultdict(list)
+        counts: dict[str, int] = defaultdict(int)
         stale: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-        for found, pairs in shapes.items():
+        for found in shapes.keys() | new.keys():
+            pairs = shapes.get(found, []) + new.get(found, [])
+            part = packed(pairs)
             for key in keys.shape_indexes(found):
-                adds[key] += pairs
-            stale[found[:2]] += pairs[1::2]
+                adds[key].append(part)
+                counts[key] += len(pairs)
+            if found in shapes:
+                stale[found[:2]] += shapes[found][1::2]
         commands: list[bytes] = []
         for (status, func_name), members in stale.items():
             # A re-saved task may have changed status: drop it from the others.
             others = [key.encode() for key in keys.other_statuses(status, func_name)]
             commands.append(command(b"EVAL", _UNINDEX, b"%d" % len(others), *others, *members))
         commands.append(command(b"MSET", *payloads))
-        commands += [command(b"ZADD", key.encode(), *pairs) for key, pairs in adds.items()]
+        commands += [
+            command_of(2 + counts[key], packed((b"ZADD", key.encode())), *parts)
+            for key, parts in adds.items()
+        ]
         # The pending-store cleanup (which also clears the keyed-success entry a re-saved
         # task may hold) for the tasks that may need it: written ahead, adopted or keyed.
         pended = [
