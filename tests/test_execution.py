@@ -628,3 +628,28 @@ async def test_cancelling_a_task_handed_over_but_not_yet_started() -> None:
         assert record.status is TaskStatus.CANCELLED
         assert (await finished(tm, second)).status is TaskStatus.SUCCESS
     assert ran == ["second"]
+
+
+async def test_plain_tasks_with_other_arguments_keep_a_display_copy_and_retry_exactly() -> None:
+    """Tasks added with no options start without a record; their record, built later,
+    shows their arguments as they were passed (non-JSON values by repr), the function gets
+    the very objects, and a failed one is retried with them."""
+    tm = TaskManager()
+    calls: list[tuple[Any, ...]] = []
+
+    @tm.task()
+    async def work(items: list[int], marker: object, *, ratio: float) -> None:
+        calls.append((items, marker, ratio))
+        if len(calls) == 1:
+            raise ValueError("first time")
+
+    items, marker = [1, 2], object()
+    async with tm:
+        task_id = await tm.enqueue(work, items, marker, ratio=0.5)
+        failed = await finished(tm, task_id)
+        retried = await finished(tm, await tm.retry(task_id))
+    assert failed.status is TaskStatus.FAILED and failed.error == "ValueError: first time"
+    assert failed.args == [[1, 2], {"__repr__": repr(marker)}] and failed.kwargs == {"ratio": 0.5}
+    assert [a.number for a in failed.attempts] == [1] and failed.attempts[0].end_time
+    assert retried.status is TaskStatus.SUCCESS and retried.task_id == task_id  # (in place)
+    assert calls == [(items, marker, 0.5)] * 2 and calls[1][0] is items
