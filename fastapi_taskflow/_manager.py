@@ -469,7 +469,7 @@ class TaskManager:
             and created_at is None
             and context is None
         ):
-            light = self.add_light(func, args, kwargs, source)
+            light = self._add_light(func, args, kwargs, source)
             if light is not None:
                 return light
         job = self._prepare(
@@ -500,7 +500,7 @@ class TaskManager:
             job.durable = self._flusher.accept(job)
         return job
 
-    def add_light(
+    def _add_light(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], source: str
     ) -> Job | None:
         """:meth:`create` for a task added with no options, as a light job (see :class:`Job`);
@@ -524,10 +524,10 @@ class TaskManager:
         return job
 
     def _light_success(self, job: Job, started: float, ended: float) -> bool:
-        """Record a light job that succeeded (see :class:`Job`): kept as a seal, and with a
-        backend saved to history from a record built once, in its final state. False (the
-        executor records it the usual way) if a listener waits for its record or its
-        arguments are not plain values."""
+        """Record a light job that succeeded (see :class:`Job`) as a seal: kept in the store,
+        and with a backend buffered for history as it is. False (the executor then records
+        it the usual way) if a listener waits for its record or its arguments are not plain
+        values."""
         if self.store.has_subscribers:
             return False
         seal = seal_of(job, started, ended)
