@@ -102,7 +102,8 @@ class Executor:
             yielded = inner.send(None)
         except StopIteration:
             reset_task_context(token)
-            if light and job.light and self._on_light_success(job, started, _time()):
+            if light:
+                self._light_succeeded(job, started)
                 return None
             self._record_begun(job, number, start)
             self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
@@ -110,8 +111,46 @@ class Executor:
         except BaseException as exc:  # (run() treats it as if raised there)
             self._record_begun(job, number, start)
             return self.run(job, _Begun(token, error=exc))
+        if light and job.light:  # suspended, and nobody has read its record
+            return self._go_on_light(job, _Begun(token, inner, yielded), started)
         self._record_begun(job, number, start)
         return self.run(job, _Begun(token, inner, yielded))
+
+    def _light_succeeded(self, job: Job, started: float) -> None:
+        """Record a light job's first attempt as succeeded: sealed if nobody read its record
+        meanwhile and ``on_light_success`` takes it, else the usual way."""
+        if job.light and self._on_light_success(job, started, _time()):
+            return
+        self._record_begun(job, 1, None)
+        self.finish(job, TaskStatus.SUCCESS)
+
+    async def _light_attempt(self, job: Job) -> _Begun | None:
+        """A light job's first attempt, run without its record: ``None`` when it succeeded
+        (and is recorded), else how it failed, its record now built (running, the attempt
+        begun) for :meth:`run` to go on with."""
+        started = job.started = _time()
+        token = set_task_context(job, 1)
+        try:
+            await job.config.func(*job.args, **job.kwargs)
+        except BaseException as exc:
+            self._record_begun(job, 1, None)
+            return _Begun(token, error=exc)
+        reset_task_context(token)
+        self._light_succeeded(job, started)
+        return None
+
+    async def _go_on_light(self, job: Job, begun: _Begun, started: float) -> None:
+        """The rest of a light job's first attempt that :meth:`start` began and that
+        suspended: still without its record, which a failure builds for :meth:`run`."""
+        assert begun.inner is not None
+        try:
+            await _resume(begun.inner, begun.yielded)
+        except BaseException as exc:
+            self._record_begun(job, 1, None)
+            await self.run(job, _Begun(begun.token, error=exc))
+            return
+        reset_task_context(begun.token)
+        self._light_succeeded(job, started)
 
     @staticmethod
     def _record_begun(job: Job, number: int, start: datetime | None) -> None:
@@ -127,8 +166,15 @@ class Executor:
         """Run ``job`` to a terminal state. Cancellation ends it as cancelled/interrupted.
 
         With ``begun``, its first attempt was begun by :meth:`start`: this goes on with it.
+        A light job's first attempt (an async function without a timeout) runs without its
+        record, which is built only if the attempt fails or someone reads it.
         """
-        record, config = job.record, job.config
+        config = job.config
+        if begun is None and job.light and config.is_async and config.timeout is None:
+            begun = await self._light_attempt(job)  # (a light job is never leased)
+            if begun is None:
+                return
+        record = job.record
         # Hot path: the record's fields are written through its __dict__ (a pydantic model's
         # __setattr__ costs about a microsecond per field and validates nothing here).
         fields = record.__dict__

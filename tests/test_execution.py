@@ -653,3 +653,37 @@ async def test_plain_tasks_with_other_arguments_keep_a_display_copy_and_retry_ex
     assert [a.number for a in failed.attempts] == [1] and failed.attempts[0].end_time
     assert retried.status is TaskStatus.SUCCESS and retried.task_id == task_id  # (in place)
     assert calls == [(items, marker, 0.5)] * 2 and calls[1][0] is items
+
+
+async def test_a_plain_task_that_waits_is_kept_compactly_and_reads_as_running_meanwhile() -> None:
+    """A plain async task that awaits runs without its record too: read while it waits,
+    it shows as running (from then on it keeps a full record); unread, it ends compact."""
+    tm = TaskManager()
+    gate = asyncio.Event()
+    entered: list[int] = []
+
+    @tm.task()
+    async def wait_then_return(n: int) -> None:
+        entered.append(n)
+        await gate.wait()
+
+    async with tm:
+        # (the first starts in the shared starter; once its function is seen to wait, the
+        # others get an asyncio task each: both ways are covered)
+        ids = [await tm.enqueue(wait_then_return, n) for n in range(3)]
+        await wait_for(lambda: len(entered) == 3)
+        seen = await tm.history.get(ids[0])
+        assert seen is not None and seen.status is TaskStatus.RUNNING
+        assert seen.start_time is not None and len(seen.attempts) == 1
+        assert seen.attempts[0].end_time is None
+        gate.set()
+        await wait_for(lambda: tm.queue_depths()["default"]["running"] == 0)
+        records = [await finished(tm, task_id) for task_id in ids]
+        compact = [isinstance(tm.store._jobs[task_id], tuple) for task_id in ids]
+    assert compact == [False, True, True]
+    for record in records:
+        assert record.status is TaskStatus.SUCCESS and record.retries_used == 0
+        [attempt] = record.attempts
+        assert record.start_time == attempt.start_time <= attempt.end_time == record.end_time
+        assert record.duration == (record.end_time - record.start_time).total_seconds()  # type: ignore[operator]
+    assert records[0].start_time == seen.start_time
