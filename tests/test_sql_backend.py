@@ -501,6 +501,25 @@ async def test_two_backends_open_one_empty_database_at_once(database_url: str) -
         await second.close()
 
 
+async def test_instances_starting_at_once_on_a_new_sqlite_file_all_open(tmp_path: Path) -> None:
+    """Six backends opening one new SQLite file at the same moment (the app's workers
+    starting together), twenty times over: every one opens, on one schema, in WAL mode. (Only
+    one connection can switch a new file to WAL, and SQLite does not wait for that lock:
+    the others must find the switch done instead of failing.)"""
+    for attempt in range(20):
+        url = f"sqlite:///{tmp_path / f'new-{attempt}.db'}"
+        backends = [SqlBackend(url) for _ in range(6)]
+        try:
+            await asyncio.gather(*(backend.open() for backend in backends))
+            assert {await current_revision(b.engine) for b in backends} == {head_revision()}
+            async with backends[-1].engine.connect() as conn:
+                mode = await conn.scalar(sa.text("PRAGMA journal_mode"))
+            assert mode == "wal"
+        finally:
+            for backend in backends:
+                await backend.close()
+
+
 async def test_auto_migrate_off_refuses_an_empty_database(database_url: str) -> None:
     backend = SqlBackend(database_url, auto_migrate=False)
     with pytest.raises(SchemaOutdatedError) as caught:

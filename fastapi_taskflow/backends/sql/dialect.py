@@ -119,7 +119,7 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         # The log is copied into the database by WalCheckpoints, in the background; a
         # commit does it itself only as a safety net, once the log is this many pages long.
@@ -127,6 +127,28 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
     finally:
         cursor.close()
     dbapi_connection.isolation_level = "IMMEDIATE"
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, which the file keeps: a later connection finds it set.
+
+    Switching needs an exclusive lock that SQLite does not wait for (no busy handler), so of
+    connections switching a new file at once all but one fail with "database is locked".
+    Reading the mode does wait (``busy_timeout``), and then finds the switch done.
+    """
+    if _journal_mode(cursor) == "wal":
+        return
+    try:
+        cursor.execute("PRAGMA journal_mode = WAL")
+    except Exception as exc:  # the driver's OperationalError, as the adapter raises it
+        if "locked" not in str(exc).lower() or _journal_mode(cursor) != "wal":
+            raise
+
+
+def _journal_mode(cursor: Any) -> str:
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    return str(row[0]).lower() if row else ""
 
 
 async def begin_immediate(conn: AsyncConnection) -> None:
