@@ -52,11 +52,11 @@ class Executor:
         on_change: Callable[[Job], None],
         on_terminal: Callable[[Job], None],
         before_start: Callable[[Job], Awaitable[None]] | None = None,
-        on_light_success: Callable[[Job, float, float], bool] | None = None,
+        on_light_success: Callable[[Job, float], bool] | None = None,
     ) -> None:
         self._sync_slots = sync_slots
-        # Takes a light job that succeeded (started, ended): True if it recorded it.
-        self._on_light_success = on_light_success or (lambda job, started, ended: False)
+        # Takes a light job that succeeded, and when it ended: True if it recorded it.
+        self._on_light_success = on_light_success or (lambda job, ended: False)
         self._on_change = on_change
         self._on_terminal = on_terminal
         self._before_start = before_start
@@ -86,7 +86,7 @@ class Executor:
         light = job.light
         start: datetime | None = None  # (a light job keeps its start in job.started)
         if light:
-            started = job.started = _time()
+            job.started = _time()
             number = 1
         else:
             record = job.record
@@ -103,7 +103,7 @@ class Executor:
         except StopIteration:
             reset_task_context(token)
             if light:
-                self._light_succeeded(job, started)
+                self._light_succeeded(job)
                 return None
             self._record_begun(job, number, start)
             self.finish(job, TaskStatus.SUCCESS)  # (also ends the attempt)
@@ -111,46 +111,40 @@ class Executor:
         except BaseException as exc:  # (run() treats it as if raised there)
             self._record_begun(job, number, start)
             return self.run(job, _Begun(token, error=exc))
-        if light and job.light:  # suspended, and nobody has read its record
-            return self._go_on_light(job, _Begun(token, inner, yielded), started)
-        self._record_begun(job, number, start)
+        if not (light and job.light):  # (a light job nobody has read goes on without one)
+            self._record_begun(job, number, start)
         return self.run(job, _Begun(token, inner, yielded))
 
-    def _light_succeeded(self, job: Job, started: float) -> None:
+    def _light_succeeded(self, job: Job) -> None:
         """Record a light job's first attempt as succeeded: sealed if nobody read its record
         meanwhile and ``on_light_success`` takes it, else the usual way."""
-        if job.light and self._on_light_success(job, started, _time()):
+        if job.light and self._on_light_success(job, _time()):
             return
         self._record_begun(job, 1, None)
         self.finish(job, TaskStatus.SUCCESS)
 
-    async def _light_attempt(self, job: Job) -> _Begun | None:
-        """A light job's first attempt, run without its record: ``None`` when it succeeded
-        (and is recorded), else how it failed, its record now built (running, the attempt
-        begun) for :meth:`run` to go on with."""
-        started = job.started = _time()
-        token = set_task_context(job, 1)
+    async def _light_attempt(self, job: Job, begun: _Begun | None) -> _Begun | None:
+        """A light job's first attempt, run without its record (or, with ``begun``, the rest
+        of one that :meth:`start` began and that suspended): ``None`` when it succeeded (and
+        is recorded), else how it failed, its record now built (running, the attempt begun)
+        for :meth:`run` to go on with."""
+        if begun is None:
+            job.started = _time()
+            token = set_task_context(job, 1)
+        else:
+            token = begun.token
         try:
-            await job.config.func(*job.args, **job.kwargs)
+            if begun is None:
+                await job.config.func(*job.args, **job.kwargs)
+            else:
+                assert begun.inner is not None
+                await _resume(begun.inner, begun.yielded)
         except BaseException as exc:
             self._record_begun(job, 1, None)
             return _Begun(token, error=exc)
         reset_task_context(token)
-        self._light_succeeded(job, started)
+        self._light_succeeded(job)
         return None
-
-    async def _go_on_light(self, job: Job, begun: _Begun, started: float) -> None:
-        """The rest of a light job's first attempt that :meth:`start` began and that
-        suspended: still without its record, which a failure builds for :meth:`run`."""
-        assert begun.inner is not None
-        try:
-            await _resume(begun.inner, begun.yielded)
-        except BaseException as exc:
-            self._record_begun(job, 1, None)
-            await self.run(job, _Begun(begun.token, error=exc))
-            return
-        reset_task_context(begun.token)
-        self._light_succeeded(job, started)
 
     @staticmethod
     def _record_begun(job: Job, number: int, start: datetime | None) -> None:
@@ -170,8 +164,8 @@ class Executor:
         record, which is built only if the attempt fails or someone reads it.
         """
         config = job.config
-        if begun is None and job.light and config.is_async and config.timeout is None:
-            begun = await self._light_attempt(job)  # (a light job is never leased)
+        if job.light and config.is_async and config.timeout is None:  # (never leased)
+            begun = await self._light_attempt(job, begun)
             if begun is None:
                 return
         record = job.record

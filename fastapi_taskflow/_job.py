@@ -137,9 +137,11 @@ def light_job(
     return job
 
 
-def seal_of(job: Job, started: float, ended: float) -> Seal | None:
+def seal_of(job: Job, ended: float) -> Seal | None:
     """The seal of a light job that succeeded; ``None`` unless its arguments are plain
     scalars (others are snapshotted for display: it keeps its record then)."""
+    started = job.started
+    assert started is not None  # (set when its first attempt began)
     args, kwargs = job.args, job.kwargs
     for value in args:
         if type(value) not in SCALARS:

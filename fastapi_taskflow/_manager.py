@@ -523,14 +523,14 @@ class TaskManager:
         self.store.add_light(job)
         return job
 
-    def _light_success(self, job: Job, started: float, ended: float) -> bool:
+    def _light_success(self, job: Job, ended: float) -> bool:
         """Record a light job that succeeded (see :class:`Job`) as a seal: kept in the store,
         and with a backend buffered for history as it is. False (the executor then records
         it the usual way) if a listener waits for its record or its arguments are not plain
         values."""
         if self.store.has_subscribers:
             return False
-        seal = seal_of(job, started, ended)
+        seal = seal_of(job, ended)
         if seal is None:
             return False
         job.sealed = seal

@@ -199,7 +199,9 @@ class RedisBackend(SnapshotBackend):
         keys = self._keys
         payloads: list[bytes] = []
         shapes: dict[Shape, list[bytes]] = defaultdict(list)  # flat score, member pairs
-        new: dict[Shape, list[bytes]] = defaultdict(list)  # the same, of tasks never saved
+        # Ids of re-saved records by (status, function): an index may hold them under
+        # another status.
+        stale: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         succeeded: list[bytes] = []  # keyed tasks that succeeded: end_time, id pairs
         dump = _RECORD.dump_json
         records: list[TaskRecord] = []
@@ -213,12 +215,14 @@ class RedisBackend(SnapshotBackend):
             sealed_id = seal[0]
             payloads += (f"{record_key}{sealed_id}".encode(), seal_document(seal).encode())
             pair = (b"%d" % micros(stamp(seal[2])), sealed_id.encode())
-            new[(_SUCCESS, seal[1], seal[8], ())] += pair
+            shapes[(_SUCCESS, seal[1], seal[8], ())] += pair
         for record in records:
             task_id = record.task_id.encode()
             payloads += (keys.record(record.task_id).encode(), dump(record))
             pair = (str(micros(record.created_at)).encode(), task_id)
-            shapes[shape(record)] += pair
+            found = shape(record)
+            shapes[found] += pair
+            stale[found[:2]].append(task_id)
             if record.idempotency_key is not None and record.status == TaskStatus.SUCCESS:
                 finished = micros(record.end_time or record.created_at)
                 succeeded += (str(finished).encode(), task_id)
@@ -226,15 +230,11 @@ class RedisBackend(SnapshotBackend):
         # per shape (a record is in five or more sets).
         adds: dict[str, list[bytes]] = defaultdict(list)
         counts: dict[str, int] = defaultdict(int)
-        stale: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-        for found in shapes.keys() | new.keys():
-            pairs = shapes.get(found, []) + new.get(found, [])
+        for found, pairs in shapes.items():
             part = packed(pairs)
             for key in keys.shape_indexes(found):
                 adds[key].append(part)
                 counts[key] += len(pairs)
-            if found in shapes:
-                stale[found[:2]] += shapes[found][1::2]
         commands: list[bytes] = []
         for (status, func_name), members in stale.items():
             # A re-saved task may have changed status: drop it from the others.
