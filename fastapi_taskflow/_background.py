@@ -115,7 +115,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
 
             return asyncio.run_coroutine_threadsafe(on_loop(), manager.loop).result()
         if idempotency_key is None and tags is None and priority is None and queue is None:
-            job = manager._add_light(func, args, kwargs, "request")  # (the usual case)
+            job = manager._add_light(func, args, kwargs, "request", held=True)  # (the usual case)
             if job is not None:
                 if eager if eager is not None else job.config.eager:
                     manager.dispatch(job)
@@ -154,6 +154,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
             priority=priority,
             queue=queue,
             context=context,
+            held=True,
         )
         if eager if eager is not None else job.config.eager:
             manager.dispatch(job)

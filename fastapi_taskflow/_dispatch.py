@@ -96,12 +96,18 @@ class Dispatcher:
         run: Callable[[Job], Coroutine[Any, Any, None]],
         abandoned: Callable[[Job], None],
         begin: Callable[[Job], Coroutine[Any, Any, None] | None] | None = None,
+        needs_mark: Callable[[Job], bool] | None = None,
+        mark: Callable[[list[Job]], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._lanes = {name: _Lane(config) for name, config in queues.items()}
         self._max_concurrent = max_concurrent
         self._run = run
         self._begin = begin if begin is not None else run  # starts a job in the starter
         self._abandoned = abandoned
+        # A job that ``needs_mark`` is not called by the starter at once: ``mark`` waits for
+        # it (with the others of its batch, in one task), and the starter calls it then.
+        self._needs_mark = needs_mark
+        self._mark = mark
         self._seq = itertools.count()
         self.running: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -268,12 +274,17 @@ class Dispatcher:
         start in the same loop pass rather than one pass after another.
         """
         starting = self._starting
+        needs_mark = self._needs_mark
+        marking: list[Job] = []  # to be marked running in the shared store first
         while starting:
             job = starting.popleft()
             if job.stage is not Stage.STARTING:
                 continue  # cancelled (or ended by a shutdown) before it started
             if job.config.name in self._suspends:
                 self._own_task(job)
+                continue
+            if needs_mark is not None and needs_mark(job):
+                marking.append(job)
                 continue
             job.stage = Stage.RUNNING
             context = job.context if job.context is not None else contextvars.copy_context()
@@ -285,11 +296,13 @@ class Dispatcher:
             except StopIteration:
                 continue
             except BaseException:  # escaped the executor (SystemExit, say): let it go on
+                self._marked_later(marking)
                 self._hand_on()
                 raise
             if len(self._suspends) >= _SUSPENDS_KEPT:
                 self._suspends.clear()
             self._suspends.add(job.config.name)
+            self._marked_later(marking)
             self._hand_on()
             task = asyncio.current_task()
             assert task is not None
@@ -298,6 +311,24 @@ class Dispatcher:
             await _carry(coro, context, yielded)
             return
         self._starter = None
+        self._marked_later(marking)
+
+    def _marked_later(self, jobs: list[Job]) -> None:
+        """Start ``jobs`` once they are marked running (see ``needs_mark``)."""
+        if jobs:
+            task = asyncio.get_running_loop().create_task(self._mark_then_start(jobs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _mark_then_start(self, jobs: list[Job]) -> None:
+        assert self._mark is not None
+        try:
+            await self._mark(jobs)
+        finally:
+            # Back to the starter (each one cancelled meanwhile is skipped there).
+            self._starting.extend(jobs)
+            if self._starter is None:
+                self._starter = self._spawn(self._start_jobs())
 
     def _hand_on(self) -> None:
         """The current starter stops starting jobs: the ones left get a new starter."""
@@ -330,10 +361,16 @@ class Dispatcher:
 
     async def wait_running(self, seconds: float) -> bool:
         """Wait until nothing runs, at most ``seconds``; True if all finished."""
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=seconds)
-        return not pending
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._tasks:  # (a task may start another: a starter handing on, say)
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            _, pending = await asyncio.wait(set(self._tasks), timeout=left)
+            if pending:
+                return False
+        return True
 
     def running_tasks(self) -> set[asyncio.Task[None]]:
         return set(self._tasks)

@@ -73,16 +73,17 @@ class Executor:
         of the executor's if it can: returns ``None`` when that ended the job, else the rest
         of its run, a coroutine to drive to its end.
 
-        An async function without a timeout, on a job that waits for no shared store, is
-        called here and run up to its first suspension. One that returns without suspending
-        (a short task's usual case) is recorded as succeeded at once: a light job that nobody
-        looked at is handed to ``on_light_success`` (which seals it) without ever building
-        its record. One that suspends or raises goes on in :meth:`run`, its attempt recorded
-        as begun here.
+        An async function without a timeout, on a job that need not wait for its running
+        mark in the shared pending store (it has no row there, or was written ahead as
+        running), is called here and run up to its first suspension. One that returns
+        without suspending (a short task's usual case) is recorded as succeeded at once: a
+        light job that nobody looked at is handed to ``on_light_success`` (which seals it)
+        without ever building its record. One that suspends or raises goes on in
+        :meth:`run`, its attempt recorded as begun here.
         """
         config = job.config
-        if config.timeout is not None or not config.is_async or job.leased:
-            return self.run(job)
+        if config.timeout is not None or not config.is_async or (job.leased and not job.marked):
+            return self.run(job)  # (a leased job not marked running yet is marked first)
         light = job.light
         start: datetime | None = None  # (a light job keeps its start in job.started)
         if light:
@@ -164,7 +165,12 @@ class Executor:
         record, which is built only if the attempt fails or someone reads it.
         """
         config = job.config
-        if job.light and config.is_async and config.timeout is None:  # (never leased)
+        if (
+            job.light
+            and config.is_async
+            and config.timeout is None
+            and (job.marked or not job.leased)  # (else marked running first, below)
+        ):
             begun = await self._light_attempt(job, begun)
             if begun is None:
                 return

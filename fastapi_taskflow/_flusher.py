@@ -18,11 +18,11 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from ._gate import Gate
-from ._job import Job
-from ._models import Finished, Seal, TaskRecord, TaskStatus, finished_id
+from ._job import Job, document_of
+from ._models import Accepted, Finished, Seal, TaskRecord, TaskStatus, finished_id
 from .backends.base import Coordinator, SnapshotBackend
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -38,7 +38,7 @@ HISTORY_BATCH = 1_000
 PIPELINED_CYCLES = 2
 
 _Accepted = tuple[Job, "asyncio.Future[bool]", Gate[Job]]
-_Starting = tuple[TaskRecord, Gate[Job]]
+_Starting = tuple[Job, Gate[Job]]
 
 
 @runtime_checkable
@@ -47,14 +47,29 @@ class CycleWriter(Protocol):
 
     async def write_cycle(
         self,
-        accepted: Sequence[TaskRecord],
+        accepted: Sequence[Accepted],
         *,
         owner: str | None,
         lease_s: float,
         key_ttl_s: float,
-        running: Sequence[TaskRecord],
+        running: Sequence[str],
         finished: Sequence[Finished],
         finished_pending: Collection[str] | None = None,
+    ) -> list[str]: ...
+
+
+class DocumentAcceptor(Protocol):
+    """A coordinator whose ``accept`` also takes :class:`PendingDocument` entries (it says so
+    with a class attribute ``_accepts_documents = True``): the built-in ones."""
+
+    async def accept(
+        self,
+        records: Sequence[Accepted],
+        *,
+        owner: str | None,
+        lease_s: float,
+        key_ttl_s: float,
+        connection: Any = None,
     ) -> list[str]: ...
 
 
@@ -122,6 +137,11 @@ class Flusher:
         # A coordinator that writes a whole cycle (accepted, started, finished) in one
         # transaction, when it is the backend's own.
         self._one_transaction: CycleWriter | None = None
+        # Whether the coordinator takes a light job's write-ahead as a PendingDocument
+        # (built from the job's fields) rather than a record (the built-in ones do).
+        self._documents = write_ahead is not None and (
+            getattr(write_ahead.coordinator, "_accepts_documents", False) is True
+        )
         if write_ahead is not None and backend.coordinator() is write_ahead.coordinator:
             coordinator = write_ahead.coordinator
             if isinstance(coordinator, CycleWriter):
@@ -170,12 +190,14 @@ class Flusher:
         if record.status in _URGENT:
             self._wake.set()
 
-    def add_sealed(self, seal: Seal) -> None:
-        """:meth:`add` for a light task that succeeded (a new id, never in the pending
-        store), kept as its seal until it is written."""
+    def add_sealed(self, seal: Seal, *, pending: bool = False) -> None:
+        """:meth:`add` for a light task that succeeded (a new id), kept as its seal until it
+        is written. ``pending``: it was written ahead (it may have a row in the pending
+        store)."""
         task_id = seal[0]
         self._dirty[task_id] = seal
-        self._no_pending.add(task_id)
+        if not pending:
+            self._no_pending.add(task_id)
         if len(self._dirty) > self._max_buffer:
             self._drop_oldest()
         self._wake.set()
@@ -221,16 +243,16 @@ class Flusher:
         if entry is not None:
             await entry[2].wait(timeout_s)
 
-    def started(self, record: TaskRecord) -> Gate[Job]:
-        """Queue the ``running`` state of a task for the pending store; the gate opens when
-        it is saved (``gate.wait`` is then True) or times out. Instances that adopt a crashed
-        instance's tasks rely on it to tell a task that never started from one that may
-        have run."""
+    def started(self, job: Job) -> Gate[Job]:
+        """Queue the ``running`` state of a task about to start for the pending store; the
+        gate opens when it is saved (``gate.wait`` is then True) or times out. Instances
+        that adopt a crashed instance's tasks rely on it to tell a task that never started
+        from one that may have run."""
         gate = self._start_gate
         if gate is None:
             gate = self._start_gate = Gate()
         gate.expected += 1
-        self._starting[record.task_id] = self._start_queue[record.task_id] = (record, gate)
+        self._starting[job.task_id] = self._start_queue[job.task_id] = (job, gate)
         self._wake.set()
         return gate
 
@@ -272,10 +294,12 @@ class Flusher:
             batch = self._to_accept()
             if not batch:
                 return
+            # (documents only for a coordinator that takes them: see _documents)
+            accept = cast(DocumentAcceptor, wal.coordinator).accept
             with self._taken(batch, []):
                 live = self._ahead(batch)
                 added = set(
-                    await wal.coordinator.accept(
+                    await accept(
                         live, owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s
                     )
                 ) if live else set()  # fmt: skip
@@ -312,14 +336,22 @@ class Flusher:
             self._start_queue = back_s | self._start_queue
             raise
 
-    def _ahead(self, batch: list[_Accepted]) -> list[TaskRecord]:
-        """The records to write ahead for ``batch``: a task that ended already is left out,
-        and one that claims its slot now goes as running. Its own record says running from
-        here on, as the shared store will: the task holds its slot and starts the moment
-        this write is durable."""
+    def _ahead(self, batch: list[_Accepted]) -> list[Accepted]:
+        """What to write ahead for ``batch``: a task that ended already is left out, and one
+        that claims its slot now goes as running. Its own record says running from here on,
+        as the shared store will: the task holds its slot and starts the moment this write
+        is durable. A light job not started yet goes as a document built from its fields
+        where the coordinator takes one (it stays light)."""
         claim = self._claim
-        records = []
+        documents = self._documents
+        records: list[Accepted] = []
         for job, _, _ in batch:
+            if documents and job.light and job.started is None:
+                status = TaskStatus.PENDING
+                if claim is not None and claim(job):
+                    status = TaskStatus.RUNNING
+                records.append(document_of(job, status))
+                continue
             record = job.record
             status = record.status
             if status.is_terminal:
@@ -336,12 +368,12 @@ class Flusher:
                 del self._accepting[job.task_id]
             if future.done():
                 pass
-            elif job.record.status.is_terminal:
+            elif job.ended:
                 # Ended before it was written ahead (its request failed, say): nothing to
                 # add, and its history record completes it. Unless its id comes from an
                 # idempotency key: then it may be another task's (in history, or pending
                 # on another instance), which its record would overwrite; it is dropped.
-                future.set_result(job.record.idempotency_key is None)
+                future.set_result(job.key is None)
             else:
                 future.set_result(job.task_id in added)
             gate.settle()
@@ -367,14 +399,14 @@ class Flusher:
             self._start_gate = None  # (as in _write_ahead_batch)
             batch = self._to_start()
             with self._taken([], batch):
-                await self._write_ahead.coordinator.update([record for record, _ in batch])
+                await self._write_ahead.coordinator.update([_running(job) for job, _ in batch])
             self._settle_started(batch)
 
     def _settle_started(self, batch: list[_Starting]) -> None:
         for entry in batch:
-            record, gate = entry
-            if self._starting.get(record.task_id) is entry:
-                del self._starting[record.task_id]
+            job, gate = entry
+            if self._starting.get(job.task_id) is entry:
+                del self._starting[job.task_id]
             gate.settle()
 
     async def _one_cycle(self, writer: CycleWriter, *, history: bool) -> int:
@@ -395,7 +427,7 @@ class Flusher:
             added = await writer.write_cycle(
                 self._ahead(accepting),
                 owner=wal.owner, lease_s=wal.lease_s, key_ttl_s=wal.key_ttl_s,
-                running=[record for record, _ in starting], finished=finished,
+                running=[job.task_id for job, _ in starting], finished=finished,
                 finished_pending=self._pending_of(finished),
             )  # fmt: skip
         self._settle_accepted(accepting, set(added))
@@ -593,6 +625,15 @@ class Flusher:
                 self.backlog,
                 len(self._accepting),
             )
+
+
+def _running(job: Job) -> TaskRecord:
+    """The record a running mark stores where the coordinator takes whole records: the
+    task's own, as running (it may be marked before its function is called)."""
+    record = job.record
+    if record.status is TaskStatus.RUNNING:
+        return record
+    return record.model_copy(update={"status": TaskStatus.RUNNING})
 
 
 _E = TypeVar("_E", _Accepted, _Starting)

@@ -8,7 +8,17 @@ import enum
 from typing import Any
 
 from ._arguments import SCALARS, snapshot
-from ._models import Seal, TaskRecord, TaskStatus, new_attempt, new_record, stamp, unseal
+from ._models import (
+    PendingDocument,
+    Seal,
+    TaskRecord,
+    TaskStatus,
+    new_attempt,
+    new_record,
+    pending_document,
+    stamp,
+    unseal,
+)
 from ._registry import TaskConfig
 
 
@@ -27,11 +37,13 @@ class Job:
     setting only what it is given costs a third of a dataclass's eighteen-field
     ``__init__``; the other attributes start as the class's defaults below.
 
-    A *light* job (:func:`light_job`: a task added with no options, kept in memory only)
-    has no :class:`TaskRecord` until one is asked for: while it waits and runs its state is
-    these few attributes, and a task that succeeds without anyone having read its record is
-    sealed (see :data:`~fastapi_taskflow._models.Seal`) without ever building one. Reading
-    ``job.record`` builds it from that state; from then on the record is the truth.
+    A *light* job (:func:`light_job`: a task added with no options, in a queue without a
+    size limit) has no :class:`TaskRecord` until one is asked for: while it waits and runs
+    its state is these few attributes, and a task that succeeds without anyone having read
+    its record is sealed (see :data:`~fastapi_taskflow._models.Seal`) without ever building
+    one. A persisted one is written ahead as a document built from the same attributes
+    (:func:`document_of`). Reading ``job.record`` builds it from that state; from then on
+    the record is the truth.
     """
 
     # Where the job is, and how it is being run.
@@ -42,6 +54,9 @@ class Job:
     in_thread: bool = False
     done: asyncio.Event | None = None
     durable: asyncio.Future[bool] | None = None  # write-ahead outcome, for persisted tasks
+    # A request's persisted task, written ahead only when it is dispatched (its response
+    # sent: FastAPI runs a request's background tasks only then).
+    deferred: bool = False
     dispatched: bool = False  # handed to dispatch() (may still wait for durability)
     leased: bool = False  # held in the shared pending store under this instance's lease
     # Holds a running slot taken as its write-ahead was prepared (Dispatcher.reserve): it
@@ -80,6 +95,14 @@ class Job:
     def light(self) -> bool:
         """True while the job has no record (see the class docstring)."""
         return self._record is None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job is in a terminal state (a light job's record is not built)."""
+        record = self._record
+        if record is None:
+            return self.sealed is not None
+        return record.status.is_terminal
 
     @property
     def record(self) -> TaskRecord:
@@ -135,6 +158,16 @@ def light_job(
     if instance_id is not None:
         job.instance_id = instance_id
     return job
+
+
+def document_of(job: Job, status: TaskStatus) -> PendingDocument:
+    """A light job not started yet as the pending store takes it (see
+    :class:`PendingDocument`): its arguments must be storable (persisted tasks' are
+    checked when they are added)."""
+    return pending_document(
+        job.task_id, job.config.name, job.created, status, job.args, job.kwargs, job.source,
+        job.priority, job.queue, job.instance_id,
+    )  # fmt: skip
 
 
 def seal_of(job: Job, ended: float) -> Seal | None:

@@ -325,7 +325,7 @@ class TaskManager:
         )
         self._dispatcher = Dispatcher(
             self._queues, self.max_concurrent_tasks, self._executor.run, self._executor.abandoned,
-            begin=self._executor.start,
+            begin=self._executor.start, needs_mark=self._needs_mark, mark=self._mark_running,
         )  # fmt: skip
         backend = self.backend
         if backend is not None:
@@ -382,6 +382,9 @@ class TaskManager:
                     self._executor.abandoned(job)
             await dispatcher.wait_running(5.0)
         to_requeue: list[TaskRecord] = list(self._orphans)
+        for job in not_started:
+            if job.deferred:  # held by a request cut short: kept as pending, as the others
+                self._write_ahead(job)
         for job in not_started:
             if self._persists(job.config):
                 if job.durable is None or not job.durable.done() or job.durable.result():
@@ -451,11 +454,14 @@ class TaskManager:
         created_at: Any = None,
         write_ahead: bool = True,
         context: contextvars.Context | None = None,
+        held: bool = False,
     ) -> Job:
         """Accept a task: validate it, record it as pending and reserve its queue slot.
 
         Returns the job, which is not started yet (see :meth:`dispatch`). When the
         idempotency key matches a live or succeeded task, that task's job is returned.
+        ``held``: a request's task, held until its response is sent, is written ahead only
+        when it is dispatched (together with its running mark if it has a slot then).
         """
         if idempotency_key is not None:
             existing = self.duplicate_of(idempotency_key, func)
@@ -469,7 +475,7 @@ class TaskManager:
             and created_at is None
             and context is None
         ):
-            light = self._add_light(func, args, kwargs, source)
+            light = self._add_light(func, args, kwargs, source, held=held)
             if light is not None:
                 return light
         job = self._prepare(
@@ -496,22 +502,33 @@ class TaskManager:
             )
         self.store.add(job)
         if self._coordinator is not None and write_ahead and self._persists(job.config):
-            assert self._flusher is not None
-            job.durable = self._flusher.accept(job)
+            if held:
+                job.deferred = True
+            else:
+                assert self._flusher is not None
+                job.durable = self._flusher.accept(job)
         return job
 
     def _add_light(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], source: str
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        source: str,
+        *,
+        held: bool = False,
     ) -> Job | None:
         """:meth:`create` for a task added with no options, as a light job (see :class:`Job`);
-        ``None`` where one does not fit (a task written ahead or persisted exactly, a queue
-        with a size limit, a manager that is not running) and :meth:`create` does the rest.
-        """
+        ``None`` where one does not fit (a queue with a size limit, a manager that is not
+        running) and :meth:`create` does the rest. A persisted task's arguments are checked
+        here, and in a shared deployment it is queued for write-ahead (``held``: when it is
+        dispatched) as :meth:`create` does."""
         if self._state is not _State.RUNNING:
             return None
         config = self.registry.for_callable(func)
-        if self.backend is not None and (config.persist or self.requeue_pending):
-            return None  # (its arguments must be stored exactly, at once)
+        persisted = self.backend is not None and (config.persist or self.requeue_pending)
+        if persisted:
+            check_storable(config.name, args, kwargs)  # (stored exactly: refused now if not)
         assert self._dispatcher is not None
         queue = config.queue or DEFAULT_QUEUE
         if not self._dispatcher.admit_unbounded(queue):
@@ -521,6 +538,12 @@ class TaskManager:
             source, self.instance_id,
         )  # fmt: skip
         self.store.add_light(job)
+        if persisted and self._coordinator is not None:
+            if held:
+                job.deferred = True
+            else:
+                assert self._flusher is not None
+                job.durable = self._flusher.accept(job)
         return job
 
     def _light_success(self, job: Job, ended: float) -> bool:
@@ -530,9 +553,17 @@ class TaskManager:
         values."""
         if self.store.has_subscribers:
             return False
+        durable = job.durable
+        if durable is not None and not (
+            durable.done() and not durable.cancelled() and durable.result()
+        ):
+            return False  # (started before its write-ahead was settled: see _on_terminal)
         seal = seal_of(job, ended)
         if seal is None:
             return False
+        # Only a task written ahead (or adopted) can have a row in the pending store.
+        may_pend = job.leased or durable is not None
+        job.leased = False
         job.sealed = seal
         job.stage = Stage.DONE
         job.context = None
@@ -541,7 +572,7 @@ class TaskManager:
         self._dispatcher.finished(job)
         self.store.seal(job, seal)
         if self._flusher is not None:
-            self._flusher.add_sealed(seal)
+            self._flusher.add_sealed(seal, pending=may_pend)
         if job.done is not None:
             job.done.set()
         if self._leases is not None and self._leases.backlog:
@@ -661,6 +692,8 @@ class TaskManager:
         if job.stage is not Stage.HELD or job.dispatched:
             return
         job.dispatched = True
+        if job.deferred:  # a request's task, whose response is sent: written ahead now
+            self._write_ahead(job)
         durable, flusher = job.durable, self._flusher
         if (
             durable is not None
@@ -672,6 +705,12 @@ class TaskManager:
         ):
             return
         self._after_durable(job)
+
+    def _write_ahead(self, job: Job) -> None:
+        """Queue a held job's deferred write-ahead (see ``create(held=True)``)."""
+        job.deferred = False
+        assert self._flusher is not None
+        job.durable = self._flusher.accept(job)
 
     def _claim(self, job: Job) -> bool:
         """Whether ``job``, whose write-ahead is being prepared, takes a running slot now to
@@ -722,10 +761,19 @@ class TaskManager:
 
     def discard(self, job: Job, reason: str) -> None:
         """End a held job that will never be dispatched (its request failed)."""
-        if job.stage is not Stage.HELD or job.dispatched or job.record.status.is_terminal:
+        if job.stage is not Stage.HELD or job.dispatched or job.ended:
             return
         if self._dispatcher is not None:
             self._dispatcher.release(job)
+        if job.deferred and job.key is not None:
+            # Never written ahead, and its id comes from its idempotency key: it may be
+            # another task's (in history, or pending on another instance), which its record
+            # would overwrite. It is dropped without a record.
+            job.deferred = False
+            job.stage = Stage.DONE
+            self._refused(job)
+            return
+        job.deferred = False  # (its cancelled record has no row in the pending store)
         assert self._executor is not None
         self._executor.finish(job, TaskStatus.CANCELLED, reason)
 
@@ -817,11 +865,32 @@ class TaskManager:
             return  # (marked: written ahead as running already)
         # (The task stays in _changed: a mark may carry the status alone, and the heartbeat
         # publishes the start time and attempts of a task still running then.)
-        gate = flusher.started(job.record)  # shared by the tasks starting in this cycle
+        gate = flusher.started(job)  # shared by the tasks starting in this cycle
         if not await gate.wait(self.durability_timeout):
             logger.debug(
                 "fastapi-taskflow: %s starts before its running state is saved", job.task_id
             )
+
+    def _needs_mark(self, job: Job) -> bool:
+        """Whether the starter has ``job`` marked running in the pending store before it
+        calls it (see :meth:`_mark_running`)."""
+        flusher = self._flusher
+        return job.leased and not job.marked and flusher is not None and flusher.healthy
+
+    async def _mark_running(self, jobs: list[Job]) -> None:
+        """:meth:`_before_start` for a batch of jobs the starter is about to call: one wait
+        for their marks (written together), after which they start without a task each."""
+        flusher = self._flusher
+        assert flusher is not None
+        gates = {id(gate): gate for gate in map(flusher.started, jobs)}  # (usually one)
+        for job in jobs:
+            job.marked = True
+        for gate in gates.values():
+            if not await gate.wait(self.durability_timeout):
+                logger.debug(
+                    "fastapi-taskflow: %d tasks start before their running state is saved",
+                    len(jobs),
+                )
 
     def _on_change(self, job: Job) -> None:
         self.store.changed(job.record)

@@ -12,7 +12,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json as _to_json
 
+from ._arguments import SCALARS
 from ._errors import ConfigurationError
 
 M = TypeVar("M", bound=BaseModel)
@@ -268,6 +270,7 @@ def finished_id(entry: Finished) -> str:
 
 
 _quoted = json.encoder.encode_basestring  # a JSON string literal (non-ASCII kept as is)
+quoted = _quoted
 
 
 def _scalar(value: Any) -> str:
@@ -337,6 +340,84 @@ def seal_document(seal: Seal) -> str:
         f'"priority":{_scalar(priority)},"queue":{_quoted(queue)},"retry_of":null,'
         f'"instance_id":{_scalar(instance_id)},"updated_at":"{end_text}"}}'
     )
+
+
+def _values_json(values: tuple[Any, ...] | list[Any]) -> str:
+    """A JSON array of storable values (see ``check_storable``)."""
+    for value in values:
+        if type(value) not in SCALARS:
+            return _to_json(list(values)).decode()
+    return f"[{','.join(map(_scalar, values))}]" if values else "[]"
+
+
+def _kwargs_json(kwargs: Mapping[str, Any]) -> str:
+    """A JSON object of storable keyword arguments (see ``check_storable``)."""
+    if not kwargs:
+        return "{}"
+    for value in kwargs.values():
+        if type(value) not in SCALARS:
+            return _to_json(kwargs).decode()
+    pairs = ",".join(f"{_quoted(name)}:{_scalar(value)}" for name, value in kwargs.items())
+    return f"{{{pairs}}}"
+
+
+class PendingDocument:
+    """A task as the pending store takes it at write-ahead, built from a light job's fields
+    (see :func:`pending_document`) instead of from a :class:`TaskRecord`: the columns of its
+    row, and its record as JSON text (what ``model_dump_json`` of the record gives, up to
+    the spelling of the UTC offset). It has no idempotency key and no tags."""
+
+    __slots__ = ("created_at", "created_text", "document", "func_name", "status", "task_id")
+
+    idempotency_key: str | None = None
+
+    def __init__(
+        self,
+        task_id: str,
+        func_name: str,
+        created_at: datetime,
+        created_text: str,
+        status: TaskStatus,
+        document: str,
+    ) -> None:
+        self.task_id = task_id
+        self.func_name = func_name
+        self.created_at = created_at
+        self.created_text = created_text  # ISO 8601 (``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``)
+        self.status = status
+        self.document = document
+
+
+def pending_document(
+    task_id: str,
+    func_name: str,
+    created: float,
+    status: TaskStatus,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    source: str,
+    priority: int | None,
+    queue: str,
+    instance_id: str | None,
+) -> PendingDocument:
+    """The :class:`PendingDocument` of a task not started yet (``status`` pending, or
+    running for one that starts the moment its write-ahead is durable), added at
+    ``created`` (``time.time()``) with these storable arguments."""
+    created_at, created_text = stamp_text(created)
+    document = (
+        f'{{"task_id":{_quoted(task_id)},"func_name":{_quoted(func_name)},'
+        f'"status":"{status.value}","args":{_values_json(args)},"kwargs":{_kwargs_json(kwargs)},'
+        f'"created_at":"{created_text}","start_time":null,"end_time":null,"duration":null,'
+        f'"retries_used":0,"error":null,"stacktrace":null,"logs":[],"attempts":[],"tags":{{}},'
+        f'"idempotency_key":null,"source":{_quoted(source)},"priority":{_scalar(priority)},'
+        f'"queue":{_quoted(queue)},"retry_of":null,"instance_id":{_scalar(instance_id)},'
+        f'"updated_at":"{created_text}"}}'
+    )
+    return PendingDocument(task_id, func_name, created_at, created_text, status, document)
+
+
+# What the pending store is given for one accepted task.
+Accepted = TaskRecord | PendingDocument
 
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})

@@ -27,9 +27,19 @@ class Recovery:
         return [job.task_id for job in self._m.store if job.leased]
 
     def take_changed(self) -> list[TaskRecord]:
-        changed = list(self._m._changed.values())
-        self._m._changed.clear()
-        return [record.model_copy() for record in changed]
+        """Copies of the records of this instance's tasks in the pending store that changed
+        since the last beat, for the live view of other instances. A light job running its
+        first attempt has no record (see :class:`~fastapi_taskflow._job.Job`): it was
+        written ahead as running, and its record (start time, attempt) is built here."""
+        changed = self._m._changed
+        dispatcher = self._m._dispatcher
+        if dispatcher is not None:
+            for job in list(dispatcher.running.values()):
+                if job.leased and job.light and job.started is not None:
+                    changed[job.task_id] = job.record
+        records = list(changed.values())
+        changed.clear()
+        return [record.model_copy() for record in records]
 
     def free_slots(self) -> int:
         dispatcher = self._m._dispatcher

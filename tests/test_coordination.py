@@ -148,7 +148,7 @@ async def test_running_marks_reach_the_live_view_and_claims(backend: SnapshotBac
     write_cycle = getattr(c, "write_cycle", None)
     if write_cycle is not None:
         cycle = {"owner": "dead", "lease_s": 0.2, "key_ttl_s": 60, "finished": []}
-        assert await write_cycle([], running=[marked], **cycle) == []
+        assert await write_cycle([], running=[marked.task_id], **cycle) == []
     else:
         await c.update([marked])
     shown = await c.get_live("task-0001")
@@ -182,7 +182,7 @@ async def test_postgres_write_cycles_outlive_the_connection_they_keep(
         assert int(killed) >= 1
         running = TaskStatus.RUNNING
         added = await c.write_cycle(
-            [rec(2), rec(3, status=running)], running=[rec(1, status=running)], **cycle
+            [rec(2), rec(3, status=running)], running=["task-0001"], **cycle
         )
         assert sorted(added) == ["task-0002", "task-0003"]
         live = {r.task_id: r.status for r in await c.live(TaskFilter())}
@@ -223,7 +223,7 @@ async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
             return fail
 
         monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", failing_mark)
-        running = rec(1, status=TaskStatus.RUNNING)
+        running = "task-0001"
         with pytest.raises(BackendError, match="injected"):
             await c.write_cycle([rec(2)], running=[running], **cycle)
         monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", real_mark)

@@ -660,7 +660,7 @@ async def test_a_task_with_a_free_slot_is_written_ahead_as_running_at_once(
         if write_cycle is not None:  # SQL: accepts, marks and history in one transaction
 
             async def counted_cycle(*args: Any, **kwargs: Any) -> list[str]:
-                marks.append([r.task_id for r in kwargs["running"]])
+                marks.append(list(kwargs["running"]))
                 result: list[str] = await write_cycle(*args, **kwargs)
                 return result
 

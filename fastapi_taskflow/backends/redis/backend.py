@@ -205,14 +205,17 @@ class RedisBackend(SnapshotBackend):
         succeeded: list[bytes] = []  # keyed tasks that succeeded: end_time, id pairs
         dump = _RECORD.dump_json
         records: list[TaskRecord] = []
+        pended: list[bytes] = []  # ids to take out of the pending store
         record_key = keys.record("")
         for seal in entries:
             if not isinstance(seal, tuple):
                 records.append(seal)
                 continue
-            # A light task's seal: a success, with no tags or key, never in the pending store
-            # and saved once (its id is new: no index holds it under another status).
+            # A light task's seal: a success, with no tags or key, saved once (its id is new:
+            # no index holds it under another status), in the pending store if written ahead.
             sealed_id = seal[0]
+            if pending_ids is None or sealed_id in pending_ids:
+                pended.append(sealed_id.encode())
             payloads += (f"{record_key}{sealed_id}".encode(), seal_document(seal).encode())
             pair = (b"%d" % micros(stamp(seal[2])), sealed_id.encode())
             shapes[(_SUCCESS, seal[1], seal[8], ())] += pair
@@ -247,7 +250,7 @@ class RedisBackend(SnapshotBackend):
         ]
         # The pending-store cleanup (which also clears the keyed-success entry a re-saved
         # task may hold) for the tasks that may need it: written ahead, adopted or keyed.
-        pended = [
+        pended += [
             r.task_id.encode()
             for r in records
             if pending_ids is None or r.task_id in pending_ids or r.idempotency_key is not None

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from ... import _cursor
 from ..._errors import ConfigurationError
-from ..._models import TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
+from ..._models import (
+    Accepted,
+    PendingDocument,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    utcnow,
+)
 from ._common import MAX_SCAN_BATCH, MGET_CHUNK, chunks, ids, micros, parse
 from .repository import scan
 
@@ -38,13 +46,14 @@ class RedisCoordinator:
     """
 
     accepts_running = True  # accept() stores each record as given, status included
+    _accepts_documents = True  # accept() also takes PendingDocument entries (see Flusher)
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
 
     async def accept(
         self,
-        records: Sequence[TaskRecord],
+        records: Sequence[Accepted],
         *,
         owner: str | None,
         lease_s: float,
@@ -73,8 +82,10 @@ class RedisCoordinator:
         touched = [*keys.pending_store(), keys.keyed_success]
         # Every record is read before the first await: the caller may change them later.
         entries = [
-            (r.task_id, micros(r.created_at), "0" if r.idempotency_key is None else "1",
-             r.model_dump_json())
+            (r.task_id, micros(r.created_at), "0", r.document)
+            if isinstance(r, PendingDocument)
+            else (r.task_id, micros(r.created_at), "0" if r.idempotency_key is None else "1",
+                  r.model_dump_json())
             for r in records
         ]  # fmt: skip
         added: list[str] = []

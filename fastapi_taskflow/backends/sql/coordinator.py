@@ -20,7 +20,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..._errors import ConfigurationError
-from ..._models import Finished, TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
+from ..._models import Accepted, Finished, TaskFilter, TaskPage, TaskRecord, TaskStatus, utcnow
 from ..._query import page_of
 from ..base import copies
 from .bulk import joined_updates, literal_statements
@@ -44,6 +44,7 @@ class SqlCoordinator:
     """:class:`~fastapi_taskflow.backends.base.Coordinator` on ``taskflow_pending``."""
 
     accepts_running = True  # accept() stores each record's status (see Coordinator)
+    _accepts_documents = True  # accept() also takes PendingDocument entries (see Flusher)
 
     def __init__(self, backend: SqlBackend) -> None:
         self._backend = backend
@@ -57,7 +58,7 @@ class SqlCoordinator:
 
     async def accept(
         self,
-        records: Sequence[TaskRecord],
+        records: Sequence[Accepted],
         *,
         owner: str | None,
         lease_s: float,
@@ -80,7 +81,7 @@ class SqlCoordinator:
 
     def _accept_work(
         self,
-        records: Sequence[TaskRecord],
+        records: Sequence[Accepted],
         owner: str | None,
         lease_s: float,
         key_ttl_s: float,
@@ -96,7 +97,7 @@ class SqlCoordinator:
         fresh_after = now - timedelta(seconds=key_ttl_s)
         insert = None
         if keyed:  # which ones to insert is known only inside the transaction
-            unique = [r.model_copy(deep=True) for r in unique]
+            unique = [r.model_copy(deep=True) if isinstance(r, TaskRecord) else r for r in unique]
         elif fast is not None:
             insert = fast.accept(unique, owner, until)
         rows = None
@@ -128,17 +129,17 @@ class SqlCoordinator:
 
     async def write_cycle(
         self,
-        accepted: Sequence[TaskRecord],
+        accepted: Sequence[Accepted],
         *,
         owner: str | None,
         lease_s: float,
         key_ttl_s: float,
-        running: Sequence[TaskRecord],
+        running: Sequence[str],
         finished: Sequence[Finished],
         finished_pending: Collection[str] | None = None,
     ) -> list[str]:
         """One flush cycle in one transaction: :meth:`accept` ``accepted`` (returning the
-        ids added), mark the tasks of ``running`` as running and save ``finished`` to
+        ids added), mark the tasks whose ids are ``running`` as running and save ``finished`` to
         history (which removes them from the pending store), at the cost of one commit
         instead of three. The records are read before this returns control.
 
@@ -156,10 +157,10 @@ class SqlCoordinator:
         what = f"accepting {len(accepted)} and starting {len(running)} tasks"
         if fast is not None and not finished:
             keyed = any(r.idempotency_key is not None for r in accepted)
-            marked = {r.task_id for r in running}
+            marked = set(running)
             if not keyed and not any(r.task_id in marked for r in accepted):
                 until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
-                work = fast.accept_and_mark(accepted, owner, until, [r.task_id for r in running])
+                work = fast.accept_and_mark(accepted, owner, until, running)
                 one_statement = work is not None
         if work is None:
             insert = None
@@ -167,7 +168,7 @@ class SqlCoordinator:
                 insert = self._accept_work(accepted, owner, lease_s, key_ttl_s, fast)[1]
             then: list[Work[None]] = []
             if running:
-                ids = [r.task_id for r in running]
+                ids = list(running)
                 then.append(fast.mark_running(ids) if fast is not None else _mark_work(ids))
             if finished:
                 then.append(self._backend._save_work(finished, finished_pending)[1])

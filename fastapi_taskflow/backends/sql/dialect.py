@@ -7,6 +7,7 @@ driver errors are worth retrying.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - a Python built without sqlite3
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default: 1,000
+CHECKPOINT_INTERVAL_S = 0.5  # background checkpoints at most this often (WalCheckpoints)
 MIGRATION_LOCK_NAME = "fastapi_taskflow_migrate"
 MIGRATION_LOCK_ID = 0x7A5C_F10E  # pg_advisory_lock key: arbitrary, fixed, ours
 MIGRATION_LOCK_TIMEOUT_S = 300
@@ -193,14 +195,19 @@ class WalCheckpoints:
     itself, which made every other history write several milliseconds longer, while
     accepted tasks waited for the next write. Here a ``PRAGMA wal_checkpoint(PASSIVE)``
     runs on a pooled connection of its own (so in the driver's thread for that connection,
-    beside the writer): it takes no lock that a writer waits for. One runs at a time; a
-    request made meanwhile runs one more afterwards.
+    beside the writer): it takes no lock that a writer waits for. One runs at a time, at
+    most every ``CHECKPOINT_INTERVAL_S``: a request made meanwhile runs one more when that
+    time has passed. (A checkpoint copies the latest version of each page the log holds:
+    the pages written over and over, such as the pending store's, are copied once per
+    checkpoint, so one after every write copied them hundreds of times a second.)
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._sleeping = False
+        self._last = -CHECKPOINT_INTERVAL_S  # loop time of the last checkpoint
 
     def request(self) -> None:
         if self._task is not None:
@@ -211,13 +218,22 @@ class WalCheckpoints:
         )
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._again = False
+                wait = self._last + CHECKPOINT_INTERVAL_S - loop.time()
+                if wait > 0:
+                    self._sleeping = True
+                    try:
+                        await asyncio.sleep(wait)
+                    finally:
+                        self._sleeping = False
                 async with self._engine.connect() as conn:
                     driver = (await conn.get_raw_connection()).driver_connection
                     assert driver is not None
                     await driver.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                self._last = loop.time()
                 if not self._again:
                     return
         except Exception as exc:  # the next request tries again; wal_autocheckpoint remains
@@ -226,10 +242,19 @@ class WalCheckpoints:
             self._task = None
 
     async def close(self) -> None:
-        """Wait for a checkpoint in flight (before the engine is disposed)."""
+        """Wait for a checkpoint in flight (before the engine is disposed); one that waits
+        for its turn is dropped (SQLite checkpoints the log when its last connection
+        closes)."""
         self._again = False
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        task = self._task
+        if task is None:
+            return
+        if self._sleeping:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        await asyncio.shield(task)
 
 
 # --------------------------------------------------------------------------- upserts

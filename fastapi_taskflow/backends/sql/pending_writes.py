@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..._models import TaskRecord
+from ..._models import Accepted, PendingDocument, TaskRecord, quoted
 from .records import BulkEncoder
 from .tables import PENDING, UTCDateTime
 
@@ -89,18 +89,34 @@ _SQLITE_MARK = f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ?"
 _FAST = frozenset({("postgresql", "asyncpg"), ("sqlite", "aiosqlite")})
 
 
-def documents(records: Sequence[TaskRecord]) -> list[str]:
+def documents(records: Sequence[Accepted]) -> list[str]:
     """Each record as the JSON document stored in ``taskflow_pending.record``."""
-    return [record.model_dump_json(fallback=repr) for record in records]
-
-
-def _pg_rows(records: Sequence[TaskRecord]) -> str:
-    """The rows of :data:`_PG_ACCEPT`: one JSON array (records as JSON objects)."""
-    rows = [
-        {"i": r.task_id, "f": r.func_name, "c": r.created_at, "r": r, "s": r.status.value}
+    return [
+        r.document if isinstance(r, PendingDocument) else r.model_dump_json(fallback=repr)
         for r in records
     ]
-    return to_json(rows, fallback=repr).decode()
+
+
+def _pg_rows(records: Sequence[Accepted]) -> str:
+    """The rows of :data:`_PG_ACCEPT`: one JSON array (records as JSON objects; a
+    :class:`PendingDocument` spliced in as the text it is)."""
+    rows = [
+        f'{{"i":{quoted(r.task_id)},"f":{quoted(r.func_name)},"c":"{r.created_text}",'
+        f'"r":{r.document},"s":"{r.status.value}"}}'
+        if isinstance(r, PendingDocument)
+        else to_json(
+            {"i": r.task_id, "f": r.func_name, "c": r.created_at, "r": r, "s": r.status.value},
+            fallback=repr,
+        ).decode()
+        for r in records
+    ]
+    return f"[{','.join(rows)}]"
+
+
+def sqlite_stamp(document: PendingDocument) -> str:
+    """``created_at`` as SQLite stores it (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC)."""
+    text = document.created_text
+    return f"{text[:10]} {text[11:26]}"
 
 
 Statement = Callable[[AsyncConnection], Awaitable[Any]]
@@ -158,7 +174,7 @@ class PendingWrites:
         return (dialect.name, dialect.driver) in _FAST
 
     def accept(
-        self, records: Sequence[TaskRecord], owner: str | None, until: datetime | None
+        self, records: Sequence[Accepted], owner: str | None, until: datetime | None
     ) -> Statement:
         """Insert ``records`` (pending, or running for tasks that start as soon as this is
         written) held by ``owner`` until ``until`` unless their task id exists; the
@@ -169,12 +185,16 @@ class PendingWrites:
             params: tuple[Any, ...] = (_pg_rows(records), owner, lease_until)
         else:
             ids = [r.task_id for r in records]
-            created = self._stamps([r.created_at for r in records])
-            docs = documents(records)
+            full = [r for r in records if not isinstance(r, PendingDocument)]
+            stamps = iter(self._stamps([r.created_at for r in full]) if full else ())
             rows = [
-                (r.task_id, r.func_name, at, doc, owner, lease_until, r.status.value)
-                for r, at, doc in zip(records, created, docs, strict=True)
-            ]
+                (r.task_id, r.func_name, sqlite_stamp(r), r.document, owner, lease_until,
+                 r.status.value)
+                if isinstance(r, PendingDocument)
+                else (r.task_id, r.func_name, next(stamps), r.model_dump_json(fallback=repr),
+                      owner, lease_until, r.status.value)
+                for r in records
+            ]  # fmt: skip
             return functools.partial(_sqlite_accept, ids, rows, owner, lease_until)
 
         async def run(conn: AsyncConnection) -> list[str]:
@@ -184,7 +204,7 @@ class PendingWrites:
 
     def accept_and_mark(
         self,
-        accepted: Sequence[TaskRecord],
+        accepted: Sequence[Accepted],
         owner: str | None,
         until: datetime | None,
         running: Sequence[str],

@@ -8,9 +8,12 @@ from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 from pydantic import Json, TypeAdapter
+from pydantic_core import from_json
 
 from ..._models import (
+    Accepted,
     Finished,
+    PendingDocument,
     Seal,
     TaskRecord,
     TaskStatus,
@@ -215,14 +218,16 @@ def tag_values(records: Sequence[TaskRecord], stamps: BulkEncoder) -> list[tuple
     return [(*row[:3], stamp) for row, stamp in zip(tagged, created, strict=True)]
 
 
-def pending_rows(records: list[TaskRecord]) -> list[Row]:
+def pending_rows(records: Sequence[Accepted]) -> list[Row]:
     """Rows for ``taskflow_pending``: the whole record as one JSON document."""
     return [
         {
             "task_id": r.task_id,
             "func_name": r.func_name,
             "created_at": r.created_at,
-            "record": r.model_dump(mode="json", fallback=repr),
+            "record": from_json(r.document)
+            if isinstance(r, PendingDocument)
+            else r.model_dump(mode="json", fallback=repr),
             "status": r.status.value,
         }
         for r in records
