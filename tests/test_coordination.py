@@ -193,20 +193,22 @@ async def test_postgres_write_cycles_outlive_the_connection_they_keep(
         await backend.close()
 
 
+@pytest.mark.parametrize("one_trip", [True, False], ids=["one-trip", "trip-per-step"])
 @pytest.mark.parametrize("pool_reset", [True, False], ids=["pool-reset", "no-pool-reset"])
 async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool_reset: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool_reset: bool, one_trip: bool
 ) -> None:
     """On SQLite a write-ahead cycle opens its transaction with its insert and commits it
     itself. When a later step of the cycle fails, the insert is rolled back, not left open
-    on the pooled connection for the next cycle to commit: the failed cycle's task is not in
-    the pending store, the next cycle's is, and both writes go through. Also with an engine
-    whose pool does not reset connections it gets back."""
-    import sqlite3
-
+    on the connection for the next cycle to commit: the failed cycle's task is not in the
+    pending store, the next cycle's is, and both writes go through. Also with an engine
+    whose pool does not reset connections it gets back, and where the cycle cannot be one
+    call in aiosqlite's thread (one trip per statement)."""
     from fastapi_taskflow.backends import SqliteBackend
     from fastapi_taskflow.backends.sql import pending_writes
 
+    if not one_trip:
+        monkeypatch.setattr(pending_writes, "_in_driver_thread", lambda driver: None)
     options: dict[str, Any] = {} if pool_reset else {"pool_reset_on_return": None}
     backend = SqliteBackend(str(tmp_path / "half.db"), **options)
     await backend.open()
@@ -214,19 +216,14 @@ async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
         c = backend.coordinator()
         cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60, "finished": []}
         assert await c.write_cycle([rec(1)], running=[], **cycle) == ["task-0001"]
-        real_mark = pending_writes.PendingWrites.mark_running
-
-        def failing_mark(self: Any, task_ids: Any) -> Any:
-            async def fail(conn: Any) -> None:
-                raise sqlite3.OperationalError("no such table: injected")
-
-            return fail
-
-        monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", failing_mark)
+        real_mark = pending_writes._SQLITE_MARK
+        # The mark, which follows the insert in the cycle, fails (no such table: injected).
+        failing_mark = real_mark.replace(pending_writes.PENDING, "injected")
+        monkeypatch.setattr(pending_writes, "_SQLITE_MARK", failing_mark)
         running = "task-0001"
         with pytest.raises(BackendError, match="injected"):
             await c.write_cycle([rec(2)], running=[running], **cycle)
-        monkeypatch.setattr(pending_writes.PendingWrites, "mark_running", real_mark)
+        monkeypatch.setattr(pending_writes, "_SQLITE_MARK", real_mark)
         assert await c.write_cycle([rec(3)], running=[running], **cycle) == ["task-0003"]
         live = {r.task_id: r.status for r in await c.live(TaskFilter())}
         assert live == {"task-0001": TaskStatus.RUNNING, "task-0003": TaskStatus.PENDING}

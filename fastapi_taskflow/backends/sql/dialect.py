@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - a Python built without sqlite3
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default: 1,000
-CHECKPOINT_INTERVAL_S = 0.5  # background checkpoints at most this often (WalCheckpoints)
+CHECKPOINT_INTERVAL_S = 0.25  # background checkpoints at most this often (WalCheckpoints)
 MIGRATION_LOCK_NAME = "fastapi_taskflow_migrate"
 MIGRATION_LOCK_ID = 0x7A5C_F10E  # pg_advisory_lock key: arbitrary, fixed, ours
 MIGRATION_LOCK_TIMEOUT_S = 300

@@ -104,9 +104,12 @@ class WriteGuard:
         with self._tracked():
             return await _attempts(engine, work, what, write=True, begin=not own_transaction)
 
-    async def run_held(self, engine: AsyncEngine, work: Work[T], what: str) -> T:
+    async def run_held(
+        self, engine: AsyncEngine, work: Work[T], what: str, *, own_transaction: bool = False
+    ) -> T:
         """:meth:`run_here` for ``work`` that is one statement outside any transaction
-        (atomic on its own), on a connection kept checked out between calls: the pool's
+        (atomic on its own), or that begins and commits its own (``own_transaction``, as
+        for :meth:`run_here`), on a connection kept checked out between calls: the pool's
         checkout, begin, commit and return (several hundred microseconds of the app's time
         on asyncpg) are saved on a stream of small writes. Each caller in flight has its
         own; up to ``HELD_MAX`` are kept between calls.
@@ -125,7 +128,7 @@ class WriteGuard:
                 else:
                     held.append(conn)
                     return result
-            result = await _attempts(engine, work, what, write=True)
+            result = await _attempts(engine, work, what, write=True, begin=not own_transaction)
             if len(held) < HELD_MAX:
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     held.append(await engine.connect())
