@@ -27,6 +27,7 @@ from fastapi_taskflow import (
     UnstorableArgumentError,
     task_log,
 )
+from fastapi_taskflow._background import bind
 from fastapi_taskflow.backends import MemoryBackend, SnapshotBackend
 
 BackendFactory = Callable[[], SnapshotBackend]
@@ -686,6 +687,140 @@ async def test_a_task_with_a_free_slot_is_written_ahead_as_running_at_once(
         assert await coordinator.get_live(first) is None
 
 
+async def test_a_plain_task_written_ahead_reads_back_whole_from_the_shared_store(
+    make_backend: BackendFactory,
+) -> None:
+    """A persisted task added with no options is written ahead from its few fields, not
+    from a full record. What another instance reads of it in the shared store is the same
+    record this instance shows: arguments of every JSON kind, times, queue, source and
+    instance; then it runs with the very arguments it was given."""
+    tm = manager(make_backend, max_concurrent_tasks=1, instance_id="writer-1")
+    gate = asyncio.Event()
+    seen: list[tuple[Any, ...]] = []
+
+    @tm.task(name="mail.send", persist=True)
+    async def send(*args: Any, **kwargs: Any) -> None:
+        seen.append((args, kwargs))
+        await gate.wait()
+
+    args = ("ada@example.com", 3, 2.5, True, None, ["x", 1.5, {"deep": [1, 2]}], 'é"\n')
+    kwargs = {"subject": "Hi", "retry": 0, "extra": {"a": [None, False]}, "empty": []}
+    async with tm:
+        coordinator = tm._coordinator
+        assert coordinator is not None
+        first = await tm.enqueue(send, "holder")  # takes the one slot
+        await wait_for(lambda: len(seen) == 1)
+        plain = await tm.enqueue(send, *args, **kwargs)  # waits: pending in the shared store
+        bare = await tm.enqueue(send)
+        if getattr(coordinator, "_accepts_documents", False):  # (the built-in SQL and Redis)
+            assert tm.store._jobs[plain].light  # the path under test: no record built yet
+        other = make_backend()
+        await other.open()
+        try:
+            outside = other.coordinator()
+            assert outside is not None
+            for task_id in (plain, bare):
+                shared = await outside.get_live(task_id)
+                assert shared is not None and shared.status is TaskStatus.PENDING
+                mine = tm.store.record(task_id)
+                assert mine is not None
+                assert shared.model_dump() == mine.model_dump()
+            shared = await outside.get_live(plain)
+            assert shared is not None
+            assert shared.args == [list(a) if isinstance(a, tuple) else a for a in args]
+            assert shared.kwargs == kwargs
+            assert shared.func_name == "mail.send" and shared.source == "enqueue"
+            assert shared.instance_id == "writer-1" and shared.queue == "default"
+            assert shared.created_at.tzinfo is not None
+        finally:
+            await other.close()
+        gate.set()
+        for task_id in (first, plain, bare):
+            assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
+        assert seen[1] == (args, kwargs)
+        await tm.flush()
+        for task_id in (first, plain, bare):
+            assert await coordinator.get_live(task_id) is None  # history completed it
+            saved = await tm.history.get(task_id)
+            assert saved is not None and saved.status is TaskStatus.SUCCESS
+
+
+async def test_a_requests_tasks_are_written_ahead_once_its_response_is_sent(
+    make_backend: BackendFactory,
+) -> None:
+    """FastAPI runs a request's background tasks only after its response is sent, so a
+    persisted task added in a request is written ahead then: in one write, as running when
+    it has a slot (no running mark after it). A request that fails never runs its tasks:
+    they are recorded as cancelled and never reach the shared pending store."""
+    tm = manager(make_backend)
+    ran: list[int] = []
+
+    @tm.task(name="orders.ship", persist=True)
+    async def ship(n: int) -> None:
+        ran.append(n)
+
+    app = FastAPI()
+    TaskAdmin(app, tm, auto_install=True)
+    added: dict[str, str] = {}
+
+    @app.post("/ship")
+    async def ship_route(background_tasks: BackgroundTasks) -> dict[str, str]:
+        added["ok"] = background_tasks.add_task(ship, 1)
+        return {"task_id": added["ok"]}
+
+    @app.post("/ship-then-fail")
+    async def ship_then_fail(background_tasks: BackgroundTasks) -> None:
+        added["failed"] = background_tasks.add_task(ship, 2)
+        await asyncio.sleep(0.2)  # several write cycles pass while the request runs
+        raise HTTPException(400, "out of stock")
+
+    async with serve(app) as client:
+        coordinator = tm._coordinator
+        assert coordinator is not None
+        writes: list[tuple[str, str]] = []  # (task id, status) of each one written ahead
+        marks: list[str] = []  # ids of running marks
+        accept, update = coordinator.accept, coordinator.update
+
+        async def spied_accept(records: Any, **kwargs: Any) -> list[str]:
+            writes.extend((r.task_id, r.status) for r in records)
+            result: list[str] = await accept(records, **kwargs)
+            return result
+
+        async def spied_update(records: Any) -> None:
+            marks.extend(r.task_id for r in records)
+            await update(records)
+
+        coordinator.accept = spied_accept  # type: ignore[method-assign]
+        coordinator.update = spied_update  # type: ignore[method-assign]
+        write_cycle = getattr(coordinator, "write_cycle", None)
+        if write_cycle is not None:
+
+            async def spied_cycle(accepted: Any, **kwargs: Any) -> list[str]:
+                writes.extend((r.task_id, r.status) for r in accepted)
+                marks.extend(kwargs["running"])
+                result: list[str] = await write_cycle(accepted, **kwargs)
+                return result
+
+            coordinator.write_cycle = spied_cycle  # type: ignore[attr-defined]
+
+        response = await client.post("/ship")
+        assert response.status_code == 200
+        task_id = response.json()["task_id"]
+        assert (await finished(tm, task_id)).status is TaskStatus.SUCCESS
+        assert writes == [(task_id, TaskStatus.RUNNING)]
+        assert task_id not in marks
+        assert (await client.post("/ship-then-fail")).status_code == 400
+        failed = added["failed"]
+        assert (await finished(tm, failed)).status is TaskStatus.CANCELLED
+        await tm.flush()
+        assert [w for w in writes if w[0] == failed] == []
+        assert ran == [1]
+        for tid, status in ((task_id, TaskStatus.SUCCESS), (failed, TaskStatus.CANCELLED)):
+            saved = await tm.history.get(tid)
+            assert saved is not None and saved.status is status
+            assert await coordinator.get_live(tid) is None
+
+
 async def test_a_slot_taken_for_a_task_that_is_refused_is_given_back(
     make_backend: BackendFactory,
 ) -> None:
@@ -761,6 +896,44 @@ async def test_a_task_claimed_as_the_instance_stops_goes_back_at_once(
     assert await claim_from_outside(make_backend) == {"dead-0": TaskStatus.PENDING}
 
 
+async def test_a_requests_task_held_when_shutdown_begins_runs_after_the_restart(
+    make_backend: BackendFactory,
+) -> None:
+    """A persisted task added by a request whose response was not sent yet when the app
+    shuts down (not written ahead: that waits for the response) is saved as pending by the
+    shutdown and runs once after the restart."""
+    runs: list[int] = []
+
+    def register(tm: TaskManager) -> Any:
+        @tm.task(name="jobs.receipt", persist=True)
+        async def receipt(n: int) -> None:
+            runs.append(n)
+
+        return receipt
+
+    first = manager(make_backend)
+    receipt = register(first)
+    await first.startup()
+    try:
+        in_flight = bind(BackgroundTasks(), first)  # the tasks of a request still running
+        task_id = in_flight.add_task(receipt, 7)
+        await asyncio.sleep(0.1)  # write cycles come and go: it is not written ahead
+        coordinator = first._coordinator
+        if coordinator is not None:
+            assert await coordinator.get_live(task_id) is None
+    finally:
+        await first.shutdown()
+    assert runs == []
+
+    second = manager(make_backend)
+    register(second)
+    async with second:
+        record = await finished(second, task_id)
+        assert record.status is TaskStatus.SUCCESS and record.source == "requeue"
+    assert runs == [7]
+    del in_flight
+
+
 async def test_a_task_durable_only_once_shutdown_began_is_requeued_not_interrupted(
     make_backend: BackendFactory,
 ) -> None:
@@ -827,8 +1000,9 @@ async def test_a_task_marked_running_shows_its_progress_after_the_heartbeat(
     make_backend: BackendFactory,
 ) -> None:
     """A task that waited for a slot is marked running in the shared store when it starts
-    (on SQL backends the mark is the status alone); the owner's next heartbeat publishes its
-    start time and attempts, so another instance's live view shows them."""
+    (on SQL backends the mark is the status alone), one that had a slot is written ahead as
+    running; either way the owner's next heartbeat publishes its start time and attempts,
+    so another instance's live view shows them."""
     release = {1: asyncio.Event(), 2: asyncio.Event()}
     started: list[int] = []
     tm = manager(make_backend, max_concurrent_tasks=1)
@@ -841,8 +1015,12 @@ async def test_a_task_marked_running_shows_its_progress_after_the_heartbeat(
     async with tm:
         coordinator = tm._coordinator
         assert coordinator is not None and tm._leases is not None
-        await tm.enqueue(hold, 1)
+        first = await tm.enqueue(hold, 1)  # written ahead as running: it has the free slot
         await wait_for(lambda: started == [1])
+        await tm._leases.beat()
+        record = await coordinator.get_live(first)
+        assert record is not None and record.status is TaskStatus.RUNNING
+        assert record.start_time is not None and len(record.attempts) == 1
         second = await tm.enqueue(hold, 2)  # waits for the one slot
         release[1].set()
         await wait_for(lambda: started == [1, 2])
