@@ -296,17 +296,30 @@ class PendingWrites:
             return run_sqlite
         if self.dialect != "postgresql":
             return None
-        params = (_pg_rows(accepted), owner, self._stamps([until])[0], list(running))
+        # Each part alone when the other is empty: the combined statement costs the server
+        # more than either (its UPDATE is planned for a list of any length).
+        sql: str
+        params: tuple[Any, ...]
+        if not running:
+            sql, params = _PG_ACCEPT, (_pg_rows(accepted), owner, self._stamps([until])[0])
+        elif not accepted:
+            sql, params = _PG_MARK, (list(running),)
+        else:
+            sql = _PG_ACCEPT_AND_MARK
+            params = (_pg_rows(accepted), owner, self._stamps([until])[0], list(running))
 
         async def run(conn: AsyncConnection) -> list[str]:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             try:
-                rows = await driver.fetch(_PG_ACCEPT_AND_MARK, *params)
+                if not accepted:
+                    await driver.execute(sql, *params)
+                    return []
+                rows = await driver.fetch(sql, *params)
             except OSError:
                 raise
             except Exception as exc:  # asyncpg's own: in SQLAlchemy's terms for the retry
-                raise DBAPIError(_PG_ACCEPT_AND_MARK, None, exc) from exc
+                raise DBAPIError(sql, None, exc) from exc
             return [row[0] for row in rows]
 
         return run
