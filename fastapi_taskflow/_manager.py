@@ -502,11 +502,7 @@ class TaskManager:
             )
         self.store.add(job)
         if self._coordinator is not None and write_ahead and self._persists(job.config):
-            if held:
-                job.deferred = True
-            else:
-                assert self._flusher is not None
-                job.durable = self._flusher.accept(job)
+            self._write_ahead(job, later=held)
         return job
 
     def _add_light(
@@ -539,11 +535,7 @@ class TaskManager:
         )  # fmt: skip
         self.store.add_light(job)
         if persisted and self._coordinator is not None:
-            if held:
-                job.deferred = True
-            else:
-                assert self._flusher is not None
-                job.durable = self._flusher.accept(job)
+            self._write_ahead(job, later=held)
         return job
 
     def _light_success(self, job: Job, ended: float) -> bool:
@@ -706,11 +698,13 @@ class TaskManager:
             return
         self._after_durable(job)
 
-    def _write_ahead(self, job: Job) -> None:
-        """Queue a held job's deferred write-ahead (see ``create(held=True)``)."""
-        job.deferred = False
-        assert self._flusher is not None
-        job.durable = self._flusher.accept(job)
+    def _write_ahead(self, job: Job, *, later: bool = False) -> None:
+        """Queue ``job``'s write-ahead; ``later``: when it is dispatched (a request's task,
+        see ``create(held=True)``), which calls this again."""
+        job.deferred = later
+        if not later:
+            assert self._flusher is not None
+            job.durable = self._flusher.accept(job)
 
     def _claim(self, job: Job) -> bool:
         """Whether ``job``, whose write-ahead is being prepared, takes a running slot now to
