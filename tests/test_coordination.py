@@ -232,6 +232,47 @@ async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
         await backend.close()
 
 
+@pytest.mark.parametrize("one_trip", [True, False], ids=["one-trip", "trip-per-step"])
+async def test_sqlite_write_cycle_with_history_is_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_trip: bool
+) -> None:
+    """On SQLite a write-ahead cycle that also carries finished records writes them in the
+    same transaction: they reach history and leave the pending store together with the
+    cycle's new tasks, and when the last step fails nothing of the cycle is left (the new
+    task is not pending, the finished one is still pending and not in history); written
+    again, all of it goes through once."""
+    from fastapi_taskflow.backends import SqliteBackend
+    from fastapi_taskflow.backends.sql import pending_writes
+
+    if not one_trip:
+        monkeypatch.setattr(pending_writes, "_in_driver_thread", lambda driver: None)
+    backend = SqliteBackend(str(tmp_path / "cycle.db"))
+    await backend.open()
+    try:
+        c = backend.coordinator()
+        cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60}
+        first = rec(1, tags={})
+        assert await c.write_cycle([first], running=[], finished=[], **cycle) == ["task-0001"]
+        done = first.model_copy(update={"status": TaskStatus.SUCCESS, "end_time": _base})
+        real_unpend = pending_writes._SQLITE_UNPEND
+        failing = real_unpend.replace(pending_writes.PENDING, "injected")
+        monkeypatch.setattr(pending_writes, "_SQLITE_UNPEND", failing)
+        with pytest.raises(BackendError, match="injected"):
+            await c.write_cycle([rec(2, tags={})], running=[], finished=[done], **cycle)
+        live = {r.task_id: r.status for r in await c.live(TaskFilter())}
+        assert live == {"task-0001": TaskStatus.PENDING}
+        assert await backend.history().get("task-0001") is None
+        monkeypatch.setattr(pending_writes, "_SQLITE_UNPEND", real_unpend)
+        added = await c.write_cycle([rec(2, tags={})], running=[], finished=[done], **cycle)
+        assert added == ["task-0002"]
+        live = {r.task_id: r.status for r in await c.live(TaskFilter())}
+        assert live == {"task-0002": TaskStatus.PENDING}
+        saved = await backend.history().get("task-0001")
+        assert saved is not None and saved.status is TaskStatus.SUCCESS
+    finally:
+        await backend.close()
+
+
 async def test_claims_respect_leases_and_are_exclusive(backend: SnapshotBackend) -> None:
     c = coord(backend)
     await c.accept([rec(n) for n in range(1, 4)], owner="dead", lease_s=0.2, key_ttl_s=60)

@@ -18,6 +18,7 @@ from .bulk import BulkStatement, JsonInsert, JsonTableInsert, has_json_table
 from .coordinator import SqlCoordinator
 from .dialect import WalCheckpoints, create_engine, in_ids, upsert
 from .migrate import ensure_schema
+from .pending_writes import PlainHistory
 from .records import (
     HISTORY_COLUMNS,
     BulkEncoder,
@@ -184,6 +185,24 @@ class SqlBackend(SnapshotBackend):
             return await super()._save_history(records, pending_ids)
         return await self._write_history(records, pending_ids)
 
+    def _plain_history(
+        self, records: Sequence[Finished], pending_ids: Collection[str] | None
+    ) -> PlainHistory | None:
+        """:meth:`_save_work` as one statement, its rows and the ids to take out of the
+        pending store, for a driver-level write (see ``_BulkWriters.plain_history``); None
+        where that does not fit."""
+        bulk = self._bulk
+        assert bulk is not None
+        batch = latest_by_id(records)
+        full = [r for r in batch if not isinstance(r, tuple)]
+        seals = [r for r in batch if isinstance(r, tuple)]
+        plain = bulk.plain_history(full, seals)
+        if plain is None:
+            return None
+        ids = [finished_id(r) for r in batch]
+        pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
+        return PlainHistory(plain[0], plain[1], pended)
+
     def _save_work(
         self, records: Sequence[Finished], pending_ids: Collection[str] | None = None
     ) -> tuple[int, Work[None]]:
@@ -317,6 +336,20 @@ class _BulkWriters:
             return functools.partial(self._json_history.execute, documents=documents)
         values = history_values(batch, self.timestamps) + sealed_values(seals, self.timestamps)
         return self._history.writer(values)
+
+    def plain_history(
+        self, batch: Sequence[TaskRecord], seals: Sequence[Seal]
+    ) -> tuple[str, list[tuple[Any, ...]]] | None:
+        """The history upsert and its parameter rows for ``batch`` and ``seals`` (read now),
+        for a driver-level write; None where that does not fit: tagged records (their tag
+        rows are another statement) or a dialect written otherwise."""
+        history_insert = self._history
+        if self._json_history is not None or not isinstance(history_insert, BulkStatement):
+            return None
+        if any(r.tags for r in batch):
+            return None
+        values = history_values(batch, self.timestamps) + sealed_values(seals, self.timestamps)
+        return history_insert.sql, values
 
     def tags_writer(self, batch: Sequence[TaskRecord]) -> Work[None] | None:
         """The insert of the tag rows of ``batch`` (None without tags); records read now."""

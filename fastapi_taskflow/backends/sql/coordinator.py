@@ -156,13 +156,19 @@ class SqlCoordinator:
         work: Work[list[str]] | None = None
         one_statement = False  # its own transaction, run outside any (accept_and_mark)
         what = f"accepting {len(accepted)} and starting {len(running)} tasks"
-        if fast is not None and not finished:
+        if fast is not None:
             keyed = any(r.idempotency_key is not None for r in accepted)
             marked = set(running)
             if not keyed and not any(r.task_id in marked for r in accepted):
                 until = utcnow() + timedelta(seconds=lease_s) if owner is not None else None
-                work = fast.accept_and_mark(accepted, owner, until, running)
-                one_statement = work is not None
+                history = None
+                if finished and fast.dialect == "sqlite":  # (SQLite: in the same trip)
+                    history = self._backend._plain_history(finished, finished_pending)
+                if not finished or history is not None:
+                    work = fast.accept_and_mark(accepted, owner, until, running, history)
+                    one_statement = work is not None
+                    if finished:
+                        what += f" and saving {len(finished)} finished ones"
         if work is None:
             insert = None
             if accepted:

@@ -22,7 +22,7 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 from sqlalchemy.engine import Dialect
@@ -83,6 +83,19 @@ WHERE task_id IN (SELECT value FROM json_each(?)) AND claimed_by IS ? AND lease_
 _SQLITE_PRESENT = f"SELECT task_id FROM {PENDING} WHERE task_id IN (SELECT value FROM json_each(?))"
 
 _SQLITE_UPDATE = f"UPDATE {PENDING} SET status = ?, record = ? WHERE task_id = ?"
+
+# Finished tasks leave the pending store (their ids as one JSON array).
+_SQLITE_UNPEND = f"DELETE FROM {PENDING} WHERE task_id IN (SELECT value FROM json_each(?))"
+
+
+class PlainHistory(NamedTuple):
+    """A history write as its upsert, the upsert's parameter rows and the ids to take out
+    of the pending store (see ``SqlBackend._plain_history``)."""
+
+    sql: str
+    rows: list[tuple[Any, ...]]
+    pended: list[str]
+
 
 _SQLITE_MARK = f"UPDATE {PENDING} SET status = 'running' WHERE task_id = ?"
 
@@ -170,11 +183,13 @@ def _sqlite_unit(
     owner: str,
     lease_until: Any,
     marks: list[tuple[str]],
+    history: tuple[str, list[tuple[Any, ...]], str | None] | None = None,
 ) -> list[str]:
     """:meth:`PendingWrites.accept_and_mark` on SQLite, called in aiosqlite's own thread for
-    ``driver`` (as each of its methods is): insert ``rows``, mark ``marks`` running and
-    commit, or roll back, in one trip to that thread instead of two or three. Returns the
-    ids added (see :func:`_sqlite_accept`)."""
+    ``driver`` (as each of its methods is): insert ``rows``, mark ``marks`` running, write
+    ``history`` (upsert, rows, ids to take out of the pending store as a JSON array) and
+    commit, or roll back, in one trip to that thread instead of one per statement. Returns
+    the ids added (see :func:`_sqlite_accept`)."""
     db = driver._conn  # the sqlite3 connection, used in the thread that owns it
     try:
         added = ids
@@ -185,6 +200,11 @@ def _sqlite_unit(
                 added = [row[0] for row in db.execute(_SQLITE_OURS, params).fetchall()]
         if marks:
             db.executemany(_SQLITE_MARK, marks)
+        if history is not None:
+            history_sql, history_rows, pended = history
+            db.executemany(history_sql, history_rows)
+            if pended is not None:
+                db.execute(_SQLITE_UNPEND, (pended,))
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):
@@ -251,6 +271,7 @@ class PendingWrites:
         owner: str | None,
         until: datetime | None,
         running: Sequence[str],
+        history: PlainHistory | None = None,
     ) -> Statement | None:
         """:meth:`accept` and :meth:`mark_running` as a unit of work that is its own
         transaction: run it outside any (``WriteGuard.run_held`` or ``run_here(...,
@@ -263,7 +284,10 @@ class PendingWrites:
         trip to the driver's thread fewer than an explicit ``BEGIN IMMEDIATE``; nothing is
         read before the write lock is held (the insert comes first). On aiosqlite the whole
         unit is one trip: :func:`_sqlite_unit`, run in its thread like its own methods
-        (through its private ``_execute``; where that is missing, one trip per step)."""
+        (through its private ``_execute``; where that is missing, one trip per step).
+        ``history`` (SQLite only) is written in the same transaction."""
+        if history is not None and (self.dialect != "sqlite" or owner is None):
+            return None
         if self.dialect == "sqlite":
             if owner is None:  # (its accept reads first: that needs the explicit BEGIN)
                 return None
@@ -271,19 +295,29 @@ class PendingWrites:
             rows = self._sqlite_rows(accepted, owner, lease_until)
             ids = [r.task_id for r in accepted]
             marks = [(task_id,) for task_id in running]
+            written = None
+            if history is not None:
+                pended = to_json(history.pended).decode() if history.pended else None
+                written = (history.sql, history.rows, pended)
 
             async def run_sqlite(conn: AsyncConnection) -> list[str]:
                 driver = await _aiosqlite(conn)
                 in_thread = _in_driver_thread(driver)
                 if in_thread is not None:
                     unit = functools.partial(_sqlite_unit, driver)
-                    return list(await in_thread(unit, ids, rows, owner, lease_until, marks))
+                    return list(
+                        await in_thread(unit, ids, rows, owner, lease_until, marks, written)
+                    )
                 try:
                     added = (
                         await _sqlite_accept(ids, rows, owner, lease_until, conn) if rows else []
                     )
                     if marks:
                         await driver.executemany(_SQLITE_MARK, marks)
+                    if written is not None:
+                        await driver.executemany(written[0], written[1])
+                        if written[2] is not None:
+                            await driver.execute(_SQLITE_UNPEND, (written[2],))
                     await driver.commit()
                 except BaseException:
                     # Not left to the pool's reset (an engine may be configured without
