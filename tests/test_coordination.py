@@ -216,14 +216,19 @@ async def test_sqlite_write_cycle_failing_half_way_leaves_nothing_behind(
         c = backend.coordinator()
         cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60, "finished": []}
         assert await c.write_cycle([rec(1)], running=[], **cycle) == ["task-0001"]
-        real_mark = pending_writes._SQLITE_MARK
+        marks = {
+            name: getattr(pending_writes, name) for name in ("_SQLITE_MARK", "_SQLITE_MARK_MANY")
+        }
         # The mark, which follows the insert in the cycle, fails (no such table: injected).
-        failing_mark = real_mark.replace(pending_writes.PENDING, "injected")
-        monkeypatch.setattr(pending_writes, "_SQLITE_MARK", failing_mark)
+        for name, real in marks.items():
+            monkeypatch.setattr(
+                pending_writes, name, real.replace(pending_writes.PENDING, "injected")
+            )
         running = "task-0001"
         with pytest.raises(BackendError, match="injected"):
             await c.write_cycle([rec(2)], running=[running], **cycle)
-        monkeypatch.setattr(pending_writes, "_SQLITE_MARK", real_mark)
+        for name, real in marks.items():
+            monkeypatch.setattr(pending_writes, name, real)
         assert await c.write_cycle([rec(3)], running=[running], **cycle) == ["task-0003"]
         live = {r.task_id: r.status for r in await c.live(TaskFilter())}
         assert live == {"task-0001": TaskStatus.RUNNING, "task-0003": TaskStatus.PENDING}
@@ -269,6 +274,36 @@ async def test_sqlite_write_cycle_with_history_is_one_transaction(
         assert live == {"task-0002": TaskStatus.PENDING}
         saved = await backend.history().get("task-0001")
         assert saved is not None and saved.status is TaskStatus.SUCCESS
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_write_cycle_of_many_tasks_some_already_present(tmp_path: Path) -> None:
+    """On SQLite a large write-ahead cycle goes to the database as a few multi-row
+    statements: every new task is added, the ones another instance already holds are left
+    to it and not reported as added, and the finished records it carries all reach
+    history."""
+    from fastapi_taskflow.backends import SqliteBackend
+
+    backend = SqliteBackend(str(tmp_path / "many.db"))
+    await backend.open()
+    try:
+        c = backend.coordinator()
+        taken = [rec(n, tags={}) for n in range(1, 1201, 7)]  # held by another instance
+        await c.accept(taken, owner="other", lease_s=30, key_ttl_s=60)
+        batch = [rec(n, tags={}) for n in range(1, 1201)]
+        done = [
+            rec(n, tags={}, status=TaskStatus.SUCCESS, end_time=_base) for n in range(2001, 3201)
+        ]
+        cycle = {"owner": "a", "lease_s": 30, "key_ttl_s": 60}
+        added = await c.write_cycle(batch, running=[], finished=done, **cycle)
+        held = {r.task_id for r in taken}
+        assert sorted(added) == sorted(r.task_id for r in batch if r.task_id not in held)
+        live = await c.live(TaskFilter(), limit=5000)
+        assert len(live.items) == 1200
+        history = backend.history()
+        assert await history.count(TaskFilter()) == 1200
+        assert (await history.get("task-3200")) is not None
     finally:
         await backend.close()
 

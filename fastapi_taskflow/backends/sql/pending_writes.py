@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -176,6 +177,43 @@ def _in_driver_thread(driver: Any) -> Callable[..., Awaitable[Any]] | None:
     return run if run is not None and hasattr(driver, "_conn") else None
 
 
+_SQLITE_LIMIT_VARIABLE_NUMBER = 9  # (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+_SQLITE_MARK_MANY = (
+    f"UPDATE {PENDING} SET status = 'running' WHERE task_id IN (SELECT value FROM json_each(?))"
+)
+_VALUES_ROW = re.compile(r"VALUES\s*(\((?:\?\s*,\s*|\d+\s*,\s*)*(?:\?|\d+)\))", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(sql: str, count: int) -> str | None:
+    """``sql``, an ``INSERT … VALUES (?, …) …`` of one row, for ``count`` rows; None if it
+    does not have that shape."""
+    found = _VALUES_ROW.search(sql)
+    if found is None or sql.count("?") != found.group(1).count("?"):
+        return None
+    row = found.group(1)
+    return f"{sql[: found.start(1)]}{', '.join([row] * count)}{sql[found.end(1) :]}"
+
+
+def _many_rows(db: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """Run ``sql`` (an ``INSERT`` of one row) for ``rows`` as few multi-row statements, each
+    one step of SQLite (the driver's ``executemany`` takes back the GIL for every row, and
+    waits for it while the event loop is busy); returns the rows inserted."""
+    width = len(rows[0]) if rows else 0
+    limit = db.getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER) if width else 0
+    per = max(1, min(limit // max(width, 1), 500))
+    if width == 0 or _multi_row(sql, 1) is None:
+        return int(db.executemany(sql, rows).rowcount)
+    inserted = 0
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        statement = _multi_row(sql, len(part))
+        assert statement is not None
+        flat = [value for row in part for value in row]
+        inserted += db.execute(statement, flat).rowcount
+    return inserted
+
+
 def _sqlite_unit(
     driver: Any,
     ids: list[str],
@@ -193,16 +231,14 @@ def _sqlite_unit(
     db = driver._conn  # the sqlite3 connection, used in the thread that owns it
     try:
         added = ids
-        if rows:
-            cursor = db.executemany(_SQLITE_ACCEPT, rows)
-            if cursor.rowcount != len(rows):
-                params = (to_json(ids).decode(), owner, lease_until)
-                added = [row[0] for row in db.execute(_SQLITE_OURS, params).fetchall()]
+        if rows and _many_rows(db, _SQLITE_ACCEPT, rows) != len(rows):
+            params = (to_json(ids).decode(), owner, lease_until)
+            added = [row[0] for row in db.execute(_SQLITE_OURS, params).fetchall()]
         if marks:
-            db.executemany(_SQLITE_MARK, marks)
+            db.execute(_SQLITE_MARK_MANY, (to_json([m[0] for m in marks]).decode(),))
         if history is not None:
             history_sql, history_rows, pended = history
-            db.executemany(history_sql, history_rows)
+            _many_rows(db, history_sql, history_rows)
             if pended is not None:
                 db.execute(_SQLITE_UNPEND, (pended,))
         db.commit()
