@@ -308,6 +308,41 @@ async def test_sqlite_write_cycle_of_many_tasks_some_already_present(tmp_path: P
         await backend.close()
 
 
+@pytest.mark.parametrize("one_trip", [True, False], ids=["one-trip", "trip-per-step"])
+async def test_sqlite_history_write_is_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_trip: bool
+) -> None:
+    """On SQLite the flusher's history writes go straight to the driver: the records reach
+    history and leave the pending store together, and a write that fails at its last step
+    leaves both as they were."""
+    from fastapi_taskflow.backends import SqliteBackend
+    from fastapi_taskflow.backends.sql import pending_writes
+
+    if not one_trip:
+        monkeypatch.setattr(pending_writes, "_in_driver_thread", lambda driver: None)
+    backend = SqliteBackend(str(tmp_path / "history.db"))
+    await backend.open()
+    try:
+        c = backend.coordinator()
+        await c.accept([rec(1, tags={})], owner="a", lease_s=30, key_ttl_s=60)
+        done = rec(1, tags={}, status=TaskStatus.SUCCESS, end_time=_base)
+        other = rec(2, tags={}, status=TaskStatus.FAILED, end_time=_base, error="boom")
+        real_unpend = pending_writes._SQLITE_UNPEND
+        failing = real_unpend.replace(pending_writes.PENDING, "injected")
+        monkeypatch.setattr(pending_writes, "_SQLITE_UNPEND", failing)
+        with pytest.raises(BackendError, match="injected"):
+            await backend._save_history([done, other], {"task-0001"})
+        assert [r.task_id for r in await c.live(TaskFilter())] == ["task-0001"]
+        assert await backend.history().count(TaskFilter()) == 0
+        monkeypatch.setattr(pending_writes, "_SQLITE_UNPEND", real_unpend)
+        assert await backend._save_history([done, other], {"task-0001"}) == 2
+        assert [r.task_id for r in await c.live(TaskFilter())] == []
+        saved = await backend.history().get("task-0002")
+        assert saved is not None and saved.status is TaskStatus.FAILED and saved.error == "boom"
+    finally:
+        await backend.close()
+
+
 async def test_claims_respect_leases_and_are_exclusive(backend: SnapshotBackend) -> None:
     c = coord(backend)
     await c.accept([rec(n) for n in range(1, 4)], owner="dead", lease_s=0.2, key_ttl_s=60)

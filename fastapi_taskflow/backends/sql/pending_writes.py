@@ -394,6 +394,34 @@ class PendingWrites:
 
         return run
 
+    def write_history(self, history: PlainHistory) -> Statement | None:
+        """On SQLite, ``history`` (see :class:`PlainHistory`) as a unit of work that is its
+        own transaction (as :meth:`accept_and_mark`'s): one trip to aiosqlite's thread where
+        it has ``_execute``. None elsewhere."""
+        if self.dialect != "sqlite":
+            return None
+        pended = to_json(history.pended).decode() if history.pended else None
+        written = (history.sql, history.rows, pended)
+
+        async def run(conn: AsyncConnection) -> None:
+            driver = await _aiosqlite(conn)
+            in_thread = _in_driver_thread(driver)
+            if in_thread is not None:
+                unit = functools.partial(_sqlite_unit, driver)
+                await in_thread(unit, [], [], "", None, [], written)
+                return
+            try:
+                await driver.executemany(history.sql, history.rows)
+                if pended is not None:
+                    await driver.execute(_SQLITE_UNPEND, (pended,))
+                await driver.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await driver.rollback()
+                raise
+
+        return run
+
     def mark_running(self, task_ids: Sequence[str]) -> Statement:
         """Set the status of these tasks to running (ids not present: ignored)."""
         ids = list(task_ids)
