@@ -222,12 +222,16 @@ def _sqlite_unit(
     lease_until: Any,
     marks: list[tuple[str]],
     history: tuple[str, list[tuple[Any, ...]], str | None] | None = None,
+    one_step: bool = True,
 ) -> list[str]:
     """:meth:`PendingWrites.accept_and_mark` on SQLite, called in aiosqlite's own thread for
     ``driver`` (as each of its methods is): insert ``rows``, mark ``marks`` running, write
     ``history`` (upsert, rows, ids to take out of the pending store as a JSON array) and
     commit, or roll back, in one trip to that thread instead of one per statement. Returns
-    the ids added (see :func:`_sqlite_accept`)."""
+    the ids added (see :func:`_sqlite_accept`). ``one_step``: the history rows as multi-row
+    statements (for a cycle, which the event loop waits for), else one row per step (the
+    event loop may be busy meanwhile, and a statement of many rows holds the GIL while its
+    parameters are bound: a request would wait for it)."""
     db = driver._conn  # the sqlite3 connection, used in the thread that owns it
     try:
         added = ids
@@ -238,7 +242,10 @@ def _sqlite_unit(
             db.execute(_SQLITE_MARK_MANY, (to_json([m[0] for m in marks]).decode(),))
         if history is not None:
             history_sql, history_rows, pended = history
-            _many_rows(db, history_sql, history_rows)
+            if one_step:
+                _many_rows(db, history_sql, history_rows)
+            else:
+                db.executemany(history_sql, history_rows)
             if pended is not None:
                 db.execute(_SQLITE_UNPEND, (pended,))
         db.commit()
@@ -408,7 +415,7 @@ class PendingWrites:
             in_thread = _in_driver_thread(driver)
             if in_thread is not None:
                 unit = functools.partial(_sqlite_unit, driver)
-                await in_thread(unit, [], [], "", None, [], written)
+                await in_thread(unit, [], [], "", None, [], written, False)
                 return
             try:
                 await driver.executemany(history.sql, history.rows)
