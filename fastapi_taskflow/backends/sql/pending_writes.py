@@ -201,7 +201,7 @@ def _many_rows(db: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
     waits for it while the event loop is busy); returns the rows inserted."""
     width = len(rows[0]) if rows else 0
     limit = db.getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER) if width else 0
-    per = max(1, min(limit // max(width, 1), 500))
+    per = max(1, min(limit // max(width, 1), 100))
     if width == 0 or _multi_row(sql, 1) is None:
         return int(db.executemany(sql, rows).rowcount)
     inserted = 0
