@@ -522,7 +522,7 @@ class TaskManager:
         if self._state is not _State.RUNNING:
             return None
         config = self.registry.for_callable(func)
-        persisted = self.backend is not None and (config.persist or self.requeue_pending)
+        persisted = self._persists(config)
         if persisted:
             check_storable(config.name, args, kwargs)  # (stored exactly: refused now if not)
         assert self._dispatcher is not None
@@ -546,9 +546,7 @@ class TaskManager:
         if self.store.has_subscribers:
             return False
         durable = job.durable
-        if durable is not None and not (
-            durable.done() and not durable.cancelled() and durable.result()
-        ):
+        if durable is not None and not (durable.done() and durable.result()):
             return False  # (started before its write-ahead was settled: see _on_terminal)
         seal = seal_of(job, ended)
         if seal is None:

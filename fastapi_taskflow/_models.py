@@ -298,16 +298,24 @@ def _scalar(value: Any) -> str:
     return str(int(value))
 
 
+def _array_json(values: tuple[Any, ...] | list[Any]) -> str:
+    """A JSON array of scalars (see :func:`_scalar`)."""
+    return f"[{','.join(map(_scalar, values))}]" if values else "[]"
+
+
+def _object_json(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
+    """A JSON object of these names and scalar values (see :func:`_scalar`)."""
+    if not names:
+        return "{}"
+    if len(names) == 1:
+        return f"{{{_quoted(names[0])}:{_scalar(values[0])}}}"
+    pairs = ",".join(map(":".join, zip(map(_quoted, names), map(_scalar, values), strict=True)))
+    return f"{{{pairs}}}"
+
+
 def seal_args_json(seal: Seal) -> tuple[str, str]:
     """A seal's ``args`` and ``kwargs`` as JSON text."""
-    args, names, values = seal[5], seal[6], seal[7]
-    args_text = f"[{','.join(map(_scalar, args))}]" if args else "[]"
-    if not names:
-        return args_text, "{}"
-    if len(names) == 1:
-        return args_text, f"{{{_quoted(names[0])}:{_scalar(values[0])}}}"
-    pairs = ",".join(map(":".join, zip(map(_quoted, names), map(_scalar, values), strict=True)))
-    return args_text, f"{{{pairs}}}"
+    return _array_json(seal[5]), _object_json(seal[6], seal[7])
 
 
 def attempts_json(start: str, end: str) -> str:
@@ -354,23 +362,23 @@ def seal_document(seal: Seal) -> str:
     )
 
 
-def _values_json(values: tuple[Any, ...] | list[Any]) -> str:
+def _values_json(values: tuple[Any, ...]) -> str:
     """A JSON array of storable values (see ``check_storable``)."""
     for value in values:
         if type(value) not in SCALARS:
             return _to_json(list(values)).decode()
-    return f"[{','.join(map(_scalar, values))}]" if values else "[]"
+    return _array_json(values)
 
 
 def _kwargs_json(kwargs: Mapping[str, Any]) -> str:
     """A JSON object of storable keyword arguments (see ``check_storable``)."""
     if not kwargs:
         return "{}"
-    for value in kwargs.values():
+    values = tuple(kwargs.values())
+    for value in values:
         if type(value) not in SCALARS:
             return _to_json(kwargs).decode()
-    pairs = ",".join(f"{_quoted(name)}:{_scalar(value)}" for name, value in kwargs.items())
-    return f"{{{pairs}}}"
+    return _object_json(tuple(kwargs), values)
 
 
 class PendingDocument:

@@ -18,7 +18,7 @@ from .bulk import BulkStatement, JsonInsert, JsonTableInsert, has_json_table
 from .coordinator import SqlCoordinator
 from .dialect import WalCheckpoints, create_engine, in_ids, upsert
 from .migrate import ensure_schema
-from .pending_writes import PlainHistory
+from .pending_writes import PendingWrites, PlainHistory, sqlite_history
 from .records import (
     HISTORY_COLUMNS,
     BulkEncoder,
@@ -34,7 +34,7 @@ from .records import (
 )
 from .repository import SqlHistoryRepository
 from .tables import UTCDateTime, history, history_tags, pending
-from .transaction import Work, WriteGuard, run_read
+from .transaction import T, Work, WriteGuard, run_read
 from .urls import is_memory_sqlite, make_async_url, require_driver
 
 
@@ -90,6 +90,7 @@ class SqlBackend(SnapshotBackend):
         self._coordinator = SqlCoordinator(self)
         self._bulk: _BulkWriters | None = None
         self._checkpoints: WalCheckpoints | None = None
+        self._one_connection = False  # an in-memory SQLite database (set by open())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._url.render_as_string(hide_password=True)!r})"
@@ -126,10 +127,11 @@ class SqlBackend(SnapshotBackend):
             raise
         self._bulk = _BulkWriters(engine)
         self._engine = engine
+        self._one_connection = is_memory_sqlite(engine.url)
         # (Our own engines only: they are the ones whose connections raise the threshold.)
         ours = self._given_engine is None
         driver = (engine.dialect.name, engine.dialect.driver)
-        if ours and driver == ("sqlite", "aiosqlite") and not is_memory_sqlite(engine.url):
+        if ours and driver == ("sqlite", "aiosqlite") and not self._one_connection:
             self._checkpoints = WalCheckpoints(engine)
 
     async def close(self) -> None:
@@ -183,23 +185,24 @@ class SqlBackend(SnapshotBackend):
     async def _save_history(self, records: list[Finished], pending_ids: Collection[str]) -> int:
         if not self._own_save():
             return await super()._save_history(records, pending_ids)
-        if records and self.engine.dialect.name == "sqlite":
+        dialect = self.engine.dialect
+        if records and dialect.name == "sqlite" and PendingWrites.supports(dialect):
             # The flusher's history writes on SQLite: one trip to the driver's thread on the
             # connection the write-ahead cycles keep, no SQLAlchemy statement on the way.
-            fast = self.coordinator()._fast(self.engine.dialect)
-            plain = self._plain_history(records, pending_ids) if fast is not None else None
-            work = fast.write_history(plain) if fast is not None and plain is not None else None
-            if work is not None:
-                assert plain is not None
-                run = self._writes.run_here if is_memory_sqlite(self.engine.url) else None
+            plain = self._plain_history(records, pending_ids)
+            if plain is not None:
                 what = f"saving {len(plain.rows)} task records"
-                if run is not None:
-                    await run(self.engine, work, what, own_transaction=True)
-                else:
-                    await self._writes.run_held(self.engine, work, what, own_transaction=True)
+                await self._run_unit(sqlite_history(plain), what)
                 self._history_written()
                 return len(plain.rows)
         return await self._write_history(records, pending_ids)
+
+    async def _run_unit(self, work: Work[T], what: str) -> T:
+        """Run ``work``, a SQLite unit that begins and commits its own transaction, on a
+        connection the write guard keeps between calls (an in-memory database has a single
+        connection: it goes back to the pool each time)."""
+        run = self._writes.run_here if self._one_connection else self._writes.run_held
+        return await run(self.engine, work, what, own_transaction=True)
 
     def _plain_history(
         self, records: Sequence[Finished], pending_ids: Collection[str] | None
@@ -209,15 +212,9 @@ class SqlBackend(SnapshotBackend):
         where that does not fit."""
         bulk = self._bulk
         assert bulk is not None
-        batch = latest_by_id(records)
-        full = [r for r in batch if not isinstance(r, tuple)]
-        seals = [r for r in batch if isinstance(r, tuple)]
+        full, seals, _, pended = _split(records, pending_ids)
         plain = bulk.plain_history(full, seals)
-        if plain is None:
-            return None
-        ids = [finished_id(r) for r in batch]
-        pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
-        return PlainHistory(plain[0], plain[1], pended)
+        return None if plain is None else PlainHistory(plain[0], plain[1], pended)
 
     def _save_work(
         self, records: Sequence[Finished], pending_ids: Collection[str] | None = None
@@ -230,11 +227,8 @@ class SqlBackend(SnapshotBackend):
         engine = self.engine
         bulk = self._bulk
         assert bulk is not None
-        batch = latest_by_id(records)
-        ids = [finished_id(r) for r in batch]
+        full, seals, ids, pended = _split(records, pending_ids)
         dialect = engine.dialect.name
-        full = [r for r in batch if not isinstance(r, tuple)]
-        seals = [r for r in batch if isinstance(r, tuple)]
 
         write_history = bulk.history_writer(full, seals)
         write_tags = bulk.tags_writer(full)
@@ -242,7 +236,6 @@ class SqlBackend(SnapshotBackend):
         # A task's tags are fixed when it is added (a retry keeps them), so only the tag
         # rows of tagged records can need replacing; an untagged record never had any.
         tagged = [r.task_id for r in full if r.tags]
-        pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
 
         async def work(conn: AsyncConnection) -> None:
             await write_history(conn)
@@ -254,7 +247,7 @@ class SqlBackend(SnapshotBackend):
             for matching in in_ids(pending.c.task_id, pended, dialect) if pended else ():
                 await conn.execute(sa.delete(pending).where(matching))
 
-        return len(batch), work
+        return len(ids), work
 
     async def load(self) -> list[TaskRecord]:
         """Every record in history, oldest first."""
@@ -321,6 +314,20 @@ class SqlBackend(SnapshotBackend):
             await conn.execute(sa.delete(pending))
 
         await self._writes.run(self.engine, work, "clearing pending tasks")
+
+
+def _split(
+    records: Sequence[Finished], pending_ids: Collection[str] | None
+) -> tuple[list[TaskRecord], list[Seal], list[str], list[str]]:
+    """One record per task id (the last given), as full records and seals, with all their
+    ids and those that may have a row in the pending store (``pending_ids``; all when
+    ``None``)."""
+    batch = latest_by_id(records)
+    full = [r for r in batch if not isinstance(r, tuple)]
+    seals = [r for r in batch if isinstance(r, tuple)]
+    ids = [finished_id(r) for r in batch]
+    pended = ids if pending_ids is None else [i for i in ids if i in pending_ids]
+    return full, seals, ids, pended
 
 
 TAG_COLUMNS = ("task_id", "key", "value", "created_at")

@@ -29,7 +29,6 @@ from .pending_writes import PendingWrites
 from .records import from_pending_row, pending_rows
 from .tables import PENDING, history, pending, utc_text
 from .transaction import Work, run_read
-from .urls import is_memory_sqlite
 
 if TYPE_CHECKING:
     from .backend import SqlBackend
@@ -198,9 +197,7 @@ class SqlCoordinator:
             if not one_statement:
                 added = list(await guard.run_here(backend.engine, work, what))
             elif backend.engine.dialect.name == "sqlite":
-                # (not kept checked out for an in-memory database: it has one connection)
-                run = guard.run_here if is_memory_sqlite(backend.engine.url) else guard.run_held
-                added = list(await run(backend.engine, work, what, own_transaction=True))
+                added = list(await backend._run_unit(work, what))
             else:
                 added = list(await guard.run_held(backend.engine, work, what))
         if finished:

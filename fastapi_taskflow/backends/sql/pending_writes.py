@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..._models import Accepted, PendingDocument, TaskRecord, quoted
 from .records import BulkEncoder
 from .tables import PENDING, UTCDateTime
+from .transaction import T
 
 _COLUMNS = (
     "task_id, func_name, created_at, record, claimed_by, lease_until, status, cancel_requested"
@@ -214,46 +215,105 @@ def _many_rows(db: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
     return inserted
 
 
-def _sqlite_unit(
-    driver: Any,
+# A history write as the driver takes it: the upsert, its rows, and the ids to take out of
+# the pending store as one JSON array (None: none).
+_HistoryRows = tuple[str, list[tuple[Any, ...]], str | None]
+
+
+def _history_rows(history: PlainHistory) -> _HistoryRows:
+    pended = to_json(history.pended).decode() if history.pended else None
+    return history.sql, history.rows, pended
+
+
+def _sqlite_history(db: Any, history: _HistoryRows, *, one_step: bool) -> None:
+    """Write ``history`` on sqlite3 connection ``db``. ``one_step``: the rows as multi-row
+    statements (in a cycle, which the event loop waits for), else one row per step (the
+    event loop may be busy meanwhile, and a statement of many rows holds the GIL while its
+    parameters are bound: a request would wait for it)."""
+    sql, rows, pended = history
+    if one_step:
+        _many_rows(db, sql, rows)
+    else:
+        db.executemany(sql, rows)
+    if pended is not None:
+        db.execute(_SQLITE_UNPEND, (pended,))
+
+
+def _sqlite_cycle(
+    db: Any,
     ids: list[str],
     rows: list[tuple[Any, ...]],
     owner: str,
     lease_until: Any,
     marks: list[tuple[str]],
-    history: tuple[str, list[tuple[Any, ...]], str | None] | None = None,
-    one_step: bool = True,
+    history: _HistoryRows | None,
 ) -> list[str]:
-    """:meth:`PendingWrites.accept_and_mark` on SQLite, called in aiosqlite's own thread for
-    ``driver`` (as each of its methods is): insert ``rows``, mark ``marks`` running, write
-    ``history`` (upsert, rows, ids to take out of the pending store as a JSON array) and
-    commit, or roll back, in one trip to that thread instead of one per statement. Returns
-    the ids added (see :func:`_sqlite_accept`). ``one_step``: the history rows as multi-row
-    statements (for a cycle, which the event loop waits for), else one row per step (the
-    event loop may be busy meanwhile, and a statement of many rows holds the GIL while its
-    parameters are bound: a request would wait for it)."""
+    """:meth:`PendingWrites.accept_and_mark`'s statements on sqlite3 connection ``db``:
+    insert ``rows``, mark ``marks`` running, write ``history``; returns the ids added (see
+    :func:`_sqlite_accept`)."""
+    added = ids
+    if rows and _many_rows(db, _SQLITE_ACCEPT, rows) != len(rows):
+        params = (to_json(ids).decode(), owner, lease_until)
+        added = [row[0] for row in db.execute(_SQLITE_OURS, params).fetchall()]
+    if marks:
+        db.execute(_SQLITE_MARK_MANY, (to_json([m[0] for m in marks]).decode(),))
+    if history is not None:
+        _sqlite_history(db, history, one_step=True)
+    return added
+
+
+def _sqlite_unit(driver: Any, steps: Callable[[Any], T]) -> T:
+    """``steps(db)`` and the commit, or the rollback, in one call: run in aiosqlite's own
+    thread for ``driver`` (as each of its methods is), on its sqlite3 connection ``db``, in
+    one trip to that thread instead of one per statement."""
     db = driver._conn  # the sqlite3 connection, used in the thread that owns it
     try:
-        added = ids
-        if rows and _many_rows(db, _SQLITE_ACCEPT, rows) != len(rows):
-            params = (to_json(ids).decode(), owner, lease_until)
-            added = [row[0] for row in db.execute(_SQLITE_OURS, params).fetchall()]
-        if marks:
-            db.execute(_SQLITE_MARK_MANY, (to_json([m[0] for m in marks]).decode(),))
-        if history is not None:
-            history_sql, history_rows, pended = history
-            if one_step:
-                _many_rows(db, history_sql, history_rows)
-            else:
-                db.executemany(history_sql, history_rows)
-            if pended is not None:
-                db.execute(_SQLITE_UNPEND, (pended,))
+        result = steps(db)
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             db.rollback()
         raise
-    return added
+    return result
+
+
+async def _driver_unit(driver: Any, steps: Callable[[], Awaitable[T]]) -> T:
+    """:func:`_sqlite_unit` where aiosqlite cannot run it in its thread: ``steps()`` (one trip
+    per statement) and the commit, or the rollback. Not left to the pool's reset (an engine
+    may be configured without one): a failed unit leaves no transaction open."""
+    try:
+        result = await steps()
+        await driver.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await driver.rollback()
+        raise
+    return result
+
+
+async def _driver_history(driver: Any, history: _HistoryRows) -> None:
+    sql, rows, pended = history
+    await driver.executemany(sql, rows)
+    if pended is not None:
+        await driver.execute(_SQLITE_UNPEND, (pended,))
+
+
+def sqlite_history(history: PlainHistory) -> Statement:
+    """On SQLite (aiosqlite), ``history`` as a unit of work that is its own transaction (run
+    it as :meth:`PendingWrites.accept_and_mark`'s): one trip to the driver's thread where
+    aiosqlite has ``_execute``, one row per step."""
+    written = _history_rows(history)
+
+    async def run(conn: AsyncConnection) -> None:
+        driver = await _aiosqlite(conn)
+        in_thread = _in_driver_thread(driver)
+        if in_thread is not None:
+            steps = functools.partial(_sqlite_history, history=written, one_step=False)
+            await in_thread(_sqlite_unit, driver, steps)
+        else:
+            await _driver_unit(driver, functools.partial(_driver_history, driver, written))
+
+    return run
 
 
 class PendingWrites:
@@ -338,37 +398,29 @@ class PendingWrites:
             rows = self._sqlite_rows(accepted, owner, lease_until)
             ids = [r.task_id for r in accepted]
             marks = [(task_id,) for task_id in running]
-            written = None
-            if history is not None:
-                pended = to_json(history.pended).decode() if history.pended else None
-                written = (history.sql, history.rows, pended)
+            written = _history_rows(history) if history is not None else None
 
             async def run_sqlite(conn: AsyncConnection) -> list[str]:
                 driver = await _aiosqlite(conn)
                 in_thread = _in_driver_thread(driver)
                 if in_thread is not None:
-                    unit = functools.partial(_sqlite_unit, driver)
-                    return list(
-                        await in_thread(unit, ids, rows, owner, lease_until, marks, written)
-                    )
-                try:
+                    steps = functools.partial(
+                        _sqlite_cycle, ids=ids, rows=rows, owner=owner,
+                        lease_until=lease_until, marks=marks, history=written,
+                    )  # fmt: skip
+                    return list(await in_thread(_sqlite_unit, driver, steps))
+
+                async def steps_here() -> list[str]:
                     added = (
                         await _sqlite_accept(ids, rows, owner, lease_until, conn) if rows else []
                     )
                     if marks:
                         await driver.executemany(_SQLITE_MARK, marks)
                     if written is not None:
-                        await driver.executemany(written[0], written[1])
-                        if written[2] is not None:
-                            await driver.execute(_SQLITE_UNPEND, (written[2],))
-                    await driver.commit()
-                except BaseException:
-                    # Not left to the pool's reset (an engine may be configured without
-                    # one): a failed unit leaves no transaction open on the connection.
-                    with contextlib.suppress(Exception):
-                        await driver.rollback()
-                    raise
-                return list(added)
+                        await _driver_history(driver, written)
+                    return added
+
+                return list(await _driver_unit(driver, steps_here))
 
             return run_sqlite
         if self.dialect != "postgresql":
@@ -398,34 +450,6 @@ class PendingWrites:
             except Exception as exc:  # asyncpg's own: in SQLAlchemy's terms for the retry
                 raise DBAPIError(sql, None, exc) from exc
             return [row[0] for row in rows]
-
-        return run
-
-    def write_history(self, history: PlainHistory) -> Statement | None:
-        """On SQLite, ``history`` (see :class:`PlainHistory`) as a unit of work that is its
-        own transaction (as :meth:`accept_and_mark`'s): one trip to aiosqlite's thread where
-        it has ``_execute``. None elsewhere."""
-        if self.dialect != "sqlite":
-            return None
-        pended = to_json(history.pended).decode() if history.pended else None
-        written = (history.sql, history.rows, pended)
-
-        async def run(conn: AsyncConnection) -> None:
-            driver = await _aiosqlite(conn)
-            in_thread = _in_driver_thread(driver)
-            if in_thread is not None:
-                unit = functools.partial(_sqlite_unit, driver)
-                await in_thread(unit, [], [], "", None, [], written, False)
-                return
-            try:
-                await driver.executemany(history.sql, history.rows)
-                if pended is not None:
-                    await driver.execute(_SQLITE_UNPEND, (pended,))
-                await driver.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await driver.rollback()
-                raise
 
         return run
 
